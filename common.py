@@ -1,0 +1,141 @@
+"""What `train.py`, `visualize.py` and `bench/` share: supported environments, atomic file writes,
+and turning a user's mistake into one clear line on stderr. No TensorFlow is imported here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import gymnasium as gym
+import numpy as np
+
+if TYPE_CHECKING:
+    from dqn_agent import DeepQLearning
+
+
+class UserError(Exception):
+    """A problem with what the user asked for, reported as one line without a traceback."""
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a while; Python exceptions still propagate as usual."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_agent_class() -> type[DeepQLearning]:
+    """Import TensorFlow and the agent, without TensorFlow's C++ start-up lines on stderr.
+
+    TensorFlow prints them ("oneDNN custom operations are on", "failed call to cuInit" on a
+    machine without a GPU) before any log level applies; they are harmless but look like errors.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device discovery is what prints the CUDA line
+        from dqn_agent import DeepQLearning
+    return DeepQLearning
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """``gymnasium.make(env_id)``, accepted only with a vector observation and discrete actions.
+
+    :raises UserError: for an unknown id or an environment DQN here cannot handle.
+    """
+    try:
+        env = gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as error:
+        raise UserError(f"environment {env_id!r} needs a package that is not installed: {error}") from error
+    except (gym.error.Error, ImportError) as error:
+        raise UserError(f"unknown environment {env_id!r} ({error}); try CartPole-v1, Acrobot-v1 or "
+                        "MountainCar-v0") from error
+    except Exception as error:  # the environment's own constructor failed
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise UserError(f"could not create environment {env_id!r}: {type(error).__name__}: {first_line}") from error
+    observation_space, action_space = env.observation_space, env.action_space
+    problems = []
+    if not isinstance(action_space, gym.spaces.Discrete):
+        problems.append(f"its actions are {type(action_space).__name__}, not Discrete")
+    if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
+        shape = getattr(observation_space, "shape", None)
+        kind = "image" if shape is not None and len(shape) >= 2 else type(observation_space).__name__
+        problems.append(f"its observations are {kind} {shape}, not a vector")
+    if problems:
+        env.close()
+        raise UserError(f"environment {env_id!r} is not supported: {' and '.join(problems)}. Supported: a Box "
+                        "observation of one dimension and Discrete actions, e.g. CartPole-v1, Acrobot-v1, "
+                        "MountainCar-v0")
+    return env
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """The return at which Gymnasium's registry calls `env_id` solved (475 for CartPole-v1), if any."""
+    return gym.spec(env_id).reward_threshold
+
+
+def ensure_writable_dir(directory: Path, what: str) -> None:
+    """Create `directory` if needed and check that a file can be written in it.
+
+    :param what: the flag the directory came from, for the error message.
+    :raises UserError: if it cannot be written.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to {directory}/ ({error.strerror or error}); pass a writable {what}") from error
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary_path)`, then rename the temporary file over `path` in one step.
+
+    A crash or Ctrl-C while writing leaves the old `path` whole. The temporary file keeps `path`'s
+    suffix, because some writers (matplotlib, Keras) choose the format from it.
+    """
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    os.close(descriptor)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    atomic_write(path, lambda temporary: temporary.write_text(text))
+
+
+def summarize(returns: np.ndarray) -> str:
+    """``mean ± std over N episodes`` of a set of returns."""
+    return f"{np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes"
+
+
+def run_cli(main: Callable[[list[str] | None], int]) -> None:
+    """Run a command's `main` and exit with its status; a UserError becomes one line on stderr, exit 2."""
+    program = Path(sys.argv[0]).name
+    try:
+        status = main(None)
+    except UserError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        status = 130
+    sys.exit(status)

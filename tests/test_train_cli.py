@@ -1,0 +1,154 @@
+"""train.py as a user runs it: bad input, a short real run, Ctrl-C, divergence, truncation and seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import ROOT, assert_one_line_error, run_program
+
+import train
+from dqn_config import DQNConfig
+
+# a short run on a small network: enough to exercise every part of the loop in a few seconds
+QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency", "50", "--gradient-steps", "10",
+         "--eval-interval", "300", "--eval-episodes", "2", "--final-eval-episodes", "3", "--hidden-sizes", "16",
+         "--batch-size", "32", "--no-progress"]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--env", "NoSuchEnv-v0"], ["unknown environment", "NoSuchEnv-v0"]),
+    (["--env", "Pendulum-v1"], ["not supported", "Discrete"]),
+    (["--env", "tests.image_env:ImageObs-v0"], ["not supported", "image"]),
+    (["--learning-rate", "0"], ["--learning-rate", "positive"]),
+    (["--learning-rate", "-0.001"], ["--learning-rate", "positive"]),
+    (["--batch-size", "0"], ["--batch-size", "positive"]),
+    (["--buffer-size", "-5"], ["--buffer-size", "positive"]),
+    (["--total-steps", "0"], ["--total-steps", "positive"]),
+    (["--total-steps", "-100"], ["--total-steps", "positive"]),
+    (["--batch-size", "512", "--buffer-size", "100"], ["--batch-size", "buffer_size"]),
+    (["--gamma", "1.01"], ["--gamma", "[0, 1]"]),
+    (["--gamma", "-0.1"], ["--gamma", "[0, 1]"]),
+    (["--batch-size", "many"], ["--batch-size", "invalid int"]),
+    (["--no-such-flag"], ["unrecognized"]),
+])
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, words):
+    assert_one_line_error(run_program("train.py", *args), *words)
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = run_program("train.py", "--out", str(tmp_path / "a_file" / "model"))
+    assert_one_line_error(result, "cannot write", "--out")
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_an_output_stem_that_is_a_folder_is_refused(tmp_path):
+    assert_one_line_error(run_program("train.py", "--out", str(tmp_path)), "--out", "folder")
+
+
+def test_short_run_writes_all_four_files(tmp_path):
+    stem = tmp_path / "sub" / "run"
+    result = run_program("train.py", *QUICK, "--out", str(stem), "--no-early-stop")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "sub" / "run.json").read_text())
+    assert record["env_id"] == "CartPole-v1" and record["steps"] == 600
+    assert DQNConfig.from_dict(record["config"]).hidden_sizes == (16,)
+    assert record["final_evaluation"]["episodes"] == 3
+    assert {"tensorflow", "keras", "gymnasium"} <= set(record["versions"])
+    assert "--total-steps 600" in record["command"]
+    rows = (tmp_path / "sub" / "run.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,step,return")
+    assert sum(row.startswith("evaluation,") for row in rows) == 2  # at steps 300 and 600
+    assert sum(row.startswith("episode,") for row in rows) >= 5
+    assert (tmp_path / "sub" / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "sub" / "run.weights.h5").stat().st_size > 0
+    assert "final evaluation" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
+        "run.csv", "run.json", "run.png", "run.weights.h5"]  # no temporary files left
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(tmp_path):
+    stem = tmp_path / "run"
+    weights = tmp_path / "run.weights.h5"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "--total-steps", "1000000", "--eval-interval", "300",
+         "--eval-episodes", "1", "--hidden-sizes", "16", "--no-progress", "--out", str(stem)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    deadline = time.monotonic() + 120
+    while not weights.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert weights.exists(), "no evaluation was saved in time"
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert f"best weights so far are in {weights}" in stderr
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["stop_reason"] == "interrupted" and record["steps"] < 1_000_000
+    from dqn_agent import DeepQLearning
+
+    agent, _ = DeepQLearning.from_saved(weights)
+    assert agent.main_network.count_params() > 0
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_weights(tmp_path):
+    stem = tmp_path / "run"
+    result = run_program("train.py", "--learning-rate", "1e30", "--learning-starts", "100", "--train-frequency",
+                         "20", "--gradient-steps", "5", "--eval-interval", "100", "--eval-episodes", "1",
+                         "--total-steps", "5000", "--hidden-sizes", "16", "--no-progress", "--out", str(stem))
+    assert_one_line_error(result, "loss became", "learning-rate")
+    from dqn_agent import DeepQLearning
+
+    agent, record = DeepQLearning.from_saved(tmp_path / "run.weights.h5")
+    assert record["stop_reason"] == "loss diverged"
+    assert np.isfinite(agent.q_values(np.zeros((1, 4), np.float32))).all()
+
+
+def quick_settings(tmp_path, env_id="CartPole-v1", **overrides) -> tuple[train.RunSettings, DQNConfig]:
+    run = {"total_steps": 1200, "eval_interval": 600, "eval_episodes": 2, **overrides}
+    settings = train.RunSettings(env_id=env_id, out=tmp_path / "run", **run)
+    config = DQNConfig(hidden_sizes=(16,), learning_starts=300, train_frequency=100, gradient_steps=20,
+                       batch_size=32)
+    return settings, config
+
+
+def test_a_time_limit_truncation_is_stored_as_not_terminated(tmp_path):
+    gym.register("ShortCartPole-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv", max_episode_steps=5)
+    settings, config = quick_settings(tmp_path, env_id="ShortCartPole-v0", total_steps=200, eval_interval=200)
+    agent = train.build_agent(settings, config)
+    result = train.train(agent, settings, progress=False)
+    # random CartPole play lasts longer than 5 steps, so every episode here ends by truncation
+    assert len(result.episodes) == 40 and all(e["length"] == 5 for e in result.episodes)
+    assert not any(terminated for *_, terminated in agent.replay_buffer)
+
+
+def test_termination_is_stored_as_terminated(tmp_path):
+    settings, config = quick_settings(tmp_path, total_steps=300, eval_interval=300)
+    agent = train.build_agent(settings, config)
+    result = train.train(agent, settings, progress=False)
+    assert sum(terminated for *_, terminated in agent.replay_buffer) == len(result.episodes) > 0
+
+
+def test_same_seed_same_run(tmp_path):
+    runs = []
+    for name in ("a", "b", "c"):
+        settings, config = quick_settings(tmp_path / name, seed=1 if name == "c" else 7)
+        (tmp_path / name).mkdir()
+        agent = train.build_agent(settings, config)
+        result = train.train(agent, settings, progress=False)
+        runs.append(([e["return"] for e in result.episodes], agent.main_network.get_weights()))
+    (returns_a, weights_a), (returns_b, weights_b), (returns_c, _) = runs
+    assert returns_a == returns_b
+    for a, b in zip(weights_a, weights_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert returns_a != returns_c  # and the seed does matter

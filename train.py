@@ -1,0 +1,366 @@
+"""Train a DQN agent on a Gymnasium environment and save its best evaluated weights.
+
+    python train.py                        # CartPole-v1, tuned defaults, files under models/
+    python train.py --env Acrobot-v1 --total-steps 100000 --seed 3
+    python train.py --help                 # every flag, one per hyperparameter
+
+For ``--out STEM`` (default ``models/<ENV_ID>``) it writes ``STEM.weights.h5`` (the best evaluated
+weights), ``STEM.json`` (everything needed to rebuild the agent, and the final evaluation),
+``STEM.csv`` (one row per episode and per evaluation) and ``STEM.png`` (the training curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import gymnasium as gym
+import numpy as np
+
+from common import (
+    atomic_write,
+    atomic_write_text,
+    ensure_writable_dir,
+    import_agent_class,
+    make_env,
+    reward_threshold,
+    run_cli,
+    summarize,
+)
+from dqn_config import ConfigError, DQNConfig
+
+if TYPE_CHECKING:
+    from dqn_agent import DeepQLearning
+
+# Evaluation episodes start from their own seeds, apart from training's; the final evaluation
+# uses other seeds again, so the score it reports is not the one the best weights were chosen on.
+EVAL_SEED_OFFSET = 100_000
+FINAL_EVAL_SEED_OFFSET = 200_000
+
+
+@dataclass
+class RunSettings:
+    """How long to train, how to evaluate, and where to write; not hyperparameters of the agent."""
+
+    env_id: str = "CartPole-v1"
+    seed: int = 0
+    total_steps: int = 50_000
+    eval_interval: int = 2_500
+    eval_episodes: int = 20
+    final_eval_episodes: int = 100
+    reward_threshold: float | None = None
+    out: Path = Path("models/CartPole-v1")
+
+
+@dataclass
+class TrainingResult:
+    """What a training run did: its history, how it ended, and where its best weights are."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    episodes: list[dict] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)
+    best_eval_mean: float = -math.inf
+    best_eval_step: int | None = None
+    best_weights_seconds: float | None = None
+    solved_step: int | None = None
+    stop_reason: str = "total steps reached"
+    failure: str | None = None
+
+    @property
+    def weights_saved(self) -> bool:
+        return self.best_eval_step is not None
+
+
+def weights_path(stem: Path) -> Path:
+    return stem.with_name(stem.name + ".weights.h5")
+
+
+def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) -> TrainingResult:
+    """The DQN training loop: act, remember, learn, update the target, evaluate, keep the best.
+
+    Saves the best evaluated weights to ``STEM.weights.h5`` as they improve, and stops early once an
+    evaluation reaches ``settings.reward_threshold``. Ctrl-C stops the loop and keeps what it has.
+
+    :param agent: a freshly built agent.
+    :param settings: the run's environment, length, evaluation and output stem.
+    :param progress: show a progress bar on stderr.
+    """
+    from tqdm import tqdm
+
+    config = agent.config
+    env, eval_env = make_env(settings.env_id), make_env(settings.env_id)
+    result = TrainingResult()
+    start = time.perf_counter()
+    bar = tqdm(total=settings.total_steps, unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.5)
+    state, _ = env.reset(seed=settings.seed)
+    episode_return, episode_length = 0.0, 0
+    last_eval = float("nan")
+    step = 0
+    try:
+        for step in range(1, settings.total_steps + 1):
+            epsilon = agent.epsilon(step)
+            action = agent.act(state, epsilon)
+            next_state, reward, terminated, truncated, _ = env.step(action)
+            agent.remember(state, action, float(reward), next_state, terminated)
+            state = next_state
+            episode_return += float(reward)
+            episode_length += 1
+            if terminated or truncated:
+                result.episodes.append({"step": step, "return": episode_return, "length": episode_length,
+                                        "epsilon": epsilon})
+                bar.set_postfix(ret=f"{episode_return:.0f}", eval=f"{last_eval:.0f}", eps=f"{epsilon:.2f}",
+                                refresh=False)
+                state, _ = env.reset()
+                episode_return, episode_length = 0.0, 0
+
+            if step > config.learning_starts and step % config.train_frequency == 0:
+                loss = agent.train(config.gradient_steps)
+                if not math.isfinite(loss):
+                    result.stop_reason = "loss diverged"
+                    result.failure = (f"the loss became {loss} at step {step}: training stopped. Try a lower "
+                                      "--learning-rate, or --loss huber")
+                    break
+            if step % config.target_update_interval == 0:
+                agent.update_target_network()
+
+            if step % settings.eval_interval == 0 or step == settings.total_steps:
+                returns = agent.evaluate(eval_env, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
+                last_eval = float(np.mean(returns))
+                result.evaluations.append({"step": step, "mean": last_eval, "std": float(np.std(returns))})
+                if last_eval > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
+                    agent.save(weights_path(settings.out))
+                    result.best_eval_mean, result.best_eval_step = last_eval, step
+                    result.best_weights_seconds = time.perf_counter() - start
+                if settings.reward_threshold is not None and last_eval >= settings.reward_threshold:
+                    result.solved_step = step
+                    result.stop_reason = f"solved: evaluation reached {settings.reward_threshold:g}"
+                    break
+            bar.update(1)
+    except KeyboardInterrupt:
+        result.stop_reason = "interrupted"
+    finally:
+        bar.close()
+        env.close()
+        eval_env.close()
+    result.steps = step
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def write_history(stem: Path, result: TrainingResult, threshold: float | None) -> None:
+    """``STEM.csv`` (episodes and evaluations) and ``STEM.png`` (the training curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["kind", "step", "return", "return_std", "episode_length", "epsilon"])
+    for row in sorted([("episode", e["step"], e["return"], "", e["length"], round(e["epsilon"], 4))
+                       for e in result.episodes]
+                      + [("evaluation", e["step"], e["mean"], e["std"], "", 0.0) for e in result.evaluations],
+                      key=lambda row: row[1]):
+        writer.writerow(row)
+    atomic_write_text(stem.with_name(stem.name + ".csv"), table.getvalue())
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    if result.episodes:
+        steps = np.array([e["step"] for e in result.episodes])
+        returns = np.array([e["return"] for e in result.episodes])
+        window = min(20, len(returns))
+        smoothed = np.convolve(returns, np.ones(window) / window, mode="valid")
+        axes.plot(steps, returns, color="tab:blue", alpha=0.25, linewidth=0.8, label="episode return")
+        axes.plot(steps[window - 1:], smoothed, color="tab:blue", label=f"mean of last {window} episodes")
+    if result.evaluations:
+        axes.errorbar([e["step"] for e in result.evaluations], [e["mean"] for e in result.evaluations],
+                      yerr=[e["std"] for e in result.evaluations], color="tab:orange", marker="o", capsize=3,
+                      label="greedy evaluation (mean ± std)")
+    if threshold is not None:
+        axes.axhline(threshold, color="tab:green", linestyle="--", label=f"solved ({threshold:g})")
+    axes.set(xlabel="environment step", ylabel="return", title=stem.name)
+    axes.legend(loc="best")
+    figure.tight_layout()
+    atomic_write(stem.with_name(stem.name + ".png"), lambda temporary: figure.savefig(temporary, dpi=100))
+    plt.close(figure)
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "gymnasium": gym.__version__, "numpy": np.__version__}
+
+
+# ------------------------------------------------------------------------------------ the command
+def build_parser() -> argparse.ArgumentParser:
+    """Run flags, then one flag per field of DQNConfig, its help taken from the field's doc."""
+    parser = OneLineErrorParser(description="Train a DQN agent and save its best evaluated weights.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = RunSettings()
+    run = parser.add_argument_group("run")
+    run.add_argument("--env", default=defaults.env_id, help="Gymnasium environment id (vector observation, "
+                     "discrete actions)")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the whole run")
+    run.add_argument("--total-steps", type=int, default=defaults.total_steps, help="environment steps at most")
+    run.add_argument("--eval-interval", type=int, default=defaults.eval_interval,
+                     help="environment steps between two greedy evaluations")
+    run.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes,
+                     help="episodes per greedy evaluation")
+    run.add_argument("--final-eval-episodes", type=int, default=defaults.final_eval_episodes,
+                     help="episodes of the final evaluation of the saved weights")
+    run.add_argument("--reward-threshold", type=float, default=None,
+                     help="stop once an evaluation's mean return reaches this (default: the environment's "
+                     "registered threshold, 475 for CartPole-v1)")
+    run.add_argument("--no-early-stop", action="store_true", help="train for all --total-steps")
+    run.add_argument("--out", type=Path, default=None,
+                     help="output stem: writes STEM.weights.h5, .json, .csv and .png (default: models/ENV_ID)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    hyper = parser.add_argument_group("hyperparameters (DQNConfig)")
+    for config_field in dataclasses.fields(DQNConfig):
+        flag = "--" + config_field.name.replace("_", "-")
+        doc = config_field.metadata["doc"]
+        if config_field.type == "bool":
+            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=config_field.default, help=doc)
+        elif config_field.name == "hidden_sizes":
+            hyper.add_argument(flag, type=int, nargs="+", default=list(config_field.default), help=doc)
+        elif config_field.name == "loss":
+            hyper.add_argument(flag, choices=("mse", "huber"), default=config_field.default, help=doc)
+        else:
+            hyper.add_argument(flag, type=type(config_field.default), default=config_field.default, help=doc)
+    return parser
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, bool]:
+    """Parse and check every flag; no TensorFlow is imported yet.
+
+    :return: the run settings, the agent's configuration, and whether to show a progress bar.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = DQNConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DQNConfig)})
+    except ConfigError as error:
+        parser.error(f"argument --{error.name.replace('_', '-')}: {error.problem}")
+    for name in ("total_steps", "eval_interval", "eval_episodes", "final_eval_episodes"):
+        if getattr(args, name) <= 0:
+            parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    make_env(args.env).close()
+    threshold = None if args.no_early_stop else (
+        args.reward_threshold if args.reward_threshold is not None else reward_threshold(args.env))
+    settings = RunSettings(env_id=args.env, seed=args.seed, total_steps=args.total_steps,
+                           eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
+                           final_eval_episodes=args.final_eval_episodes, reward_threshold=threshold,
+                           out=args.out if args.out is not None else Path("models") / args.env)
+    if settings.out.name in ("", ".", "..") or settings.out.is_dir():
+        parser.error(f"argument --out: {settings.out} is a folder; give a file stem such as "
+                     f"{settings.out / args.env}")
+    ensure_writable_dir(settings.out.parent, "--out")
+    return settings, config, not args.no_progress
+
+
+def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
+    """Seed everything, then build the agent for the environment's observation and action sizes."""
+    deep_q_learning = import_agent_class()
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(settings.seed)  # Python, NumPy and TensorFlow: same seed, same run
+    tf.config.experimental.enable_op_determinism()
+    env = make_env(settings.env_id)
+    agent = deep_q_learning(env.observation_space.shape[0], int(env.action_space.n), config, seed=settings.seed)
+    env.close()
+    return agent
+
+
+def final_evaluation(agent: DeepQLearning, settings: RunSettings) -> np.ndarray:
+    """Reload the saved best weights and play ``final_eval_episodes`` greedy episodes on fresh seeds."""
+    agent.load(weights_path(settings.out))
+    env = make_env(settings.env_id)
+    returns = agent.evaluate(env, settings.final_eval_episodes, settings.seed + FINAL_EVAL_SEED_OFFSET)
+    env.close()
+    return returns
+
+
+def run_record(agent: DeepQLearning, settings: RunSettings, result: TrainingResult,
+               final_returns: np.ndarray | None, argv: list[str]) -> dict:
+    """The ``STEM.json`` record: enough to rebuild the agent, and how the run went."""
+    record = {
+        "env_id": settings.env_id,
+        "observation_size": agent.observation_size,
+        "num_actions": agent.num_actions,
+        "config": agent.config.to_dict(),
+        "seed": settings.seed,
+        "command": shlex.join(["python", "train.py", *argv]),
+        "run": {"total_steps": settings.total_steps, "eval_interval": settings.eval_interval,
+                "eval_episodes": settings.eval_episodes, "reward_threshold": settings.reward_threshold},
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "stop_reason": result.stop_reason,
+        "best_eval": {"step": result.best_eval_step, "mean": result.best_eval_mean},
+        "versions": library_versions(),
+    }
+    if final_returns is not None:
+        record["final_evaluation"] = {"episodes": len(final_returns), "mean": float(np.mean(final_returns)),
+                                      "std": float(np.std(final_returns)), "min": float(np.min(final_returns)),
+                                      "max": float(np.max(final_returns))}
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    settings, config, progress = parse_args(argv)
+    agent = build_agent(settings, config)
+    result = train(agent, settings, progress=progress)
+    stem, weights = settings.out, weights_path(settings.out)
+    interrupted = result.stop_reason == "interrupted"
+    if not result.weights_saved:
+        problem = result.failure or "interrupted"
+        print(f"train.py: error: {problem} before the first evaluation: nothing saved", file=sys.stderr)
+        return 130 if interrupted else 1
+    final_returns = None
+    if not interrupted and result.failure is None:
+        final_returns = final_evaluation(agent, settings)
+    atomic_write_text(stem.with_name(stem.name + ".json"),
+                      json.dumps(run_record(agent, settings, result, final_returns, argv), indent=2) + "\n")
+    write_history(stem, result, settings.reward_threshold)
+
+    print(f"{settings.env_id}: {result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s "
+          f"({result.steps / result.seconds:.0f} steps/s)")
+    print(f"best evaluation: {result.best_eval_mean:.1f} at step {result.best_eval_step}")
+    if final_returns is not None:
+        print(f"final evaluation of the saved weights: {summarize(final_returns)}")
+    print(f"wrote {weights}, {stem.name}.json, {stem.name}.csv, {stem.name}.png")
+    if result.failure is not None:
+        print(f"train.py: error: {result.failure}; the best weights so far are in {weights}", file=sys.stderr)
+        return 1
+    if interrupted:
+        print(f"interrupted: the best weights so far are in {weights}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
