@@ -53,7 +53,6 @@ References
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from pathlib import Path
@@ -64,7 +63,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import atomic_write
+from common import UserError, atomic_write, evaluate_policy, read_training_record, record_path_for
 from dqn_config import DQNConfig
 
 
@@ -247,22 +246,24 @@ class DeepQLearning:
         return loss
 
     @tf.function(jit_compile=True)
-    def _gradient_steps(self, batches: Batch) -> tf.Tensor:
-        """`gradient_step` on each of a stack of batches, in one call into TensorFlow."""
+    def _gradient_steps(self, batches: Batch) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """`gradient_step` on each of a stack of batches, compiled by XLA into one call.
+
+        :return: the mean loss, and the main network's new weights (for acting, without a second call).
+        """
         losses = tf.TensorArray(tf.float32, size=tf.shape(batches.actions)[0])
         for i in tf.range(tf.shape(batches.actions)[0]):
             losses = losses.write(i, self.gradient_step(*(field[i] for field in batches)))
-        return tf.reduce_mean(losses.stack())
+        return tf.reduce_mean(losses.stack()), [tf.identity(weight) for weight in self.main_network.weights]
 
     def train(self, num_gradient_steps: int) -> float:
         """A training phase: `num_gradient_steps` gradient steps, each on a fresh random batch.
 
         :return: the mean loss of the phase (NaN or infinite if training diverged).
         """
-        batches = self.sample_batch(self.config.batch_size, num_gradient_steps)
-        loss = float(self._gradient_steps(Batch(*(tf.convert_to_tensor(field) for field in batches))))
-        self.refresh_acting_weights()
-        return loss
+        loss, weights = self._gradient_steps(self.sample_batch(self.config.batch_size, num_gradient_steps))
+        self._acting_weights = [weight.numpy() for weight in weights]
+        return float(loss)
 
     @tf.function
     def _blend_target_weights(self, tau: float) -> None:
@@ -275,22 +276,13 @@ class DeepQLearning:
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, env: gym.Env, episodes: int, seed: int) -> np.ndarray:
-        """Play `episodes` greedy episodes (epsilon = 0) and return their undiscounted returns.
+        """Play `episodes` greedy episodes (epsilon = 0) on `env`; return their undiscounted returns.
 
-        :param env: an environment used for evaluation only, so training episodes are not cut.
+        :param env: an environment used for evaluation only, so that training episodes are not cut.
         :param episodes: number of episodes.
-        :param seed: the first episode resets with this seed, the next with seed + 1, and so on,
-            so that every evaluation of a run plays the same start states.
+        :param seed: the episodes reset with seeds seed, seed + 1, ...: every evaluation plays the same starts.
         """
-        returns = np.zeros(episodes)
-        for episode in range(episodes):
-            state, _ = env.reset(seed=seed + episode)
-            done = False
-            while not done:
-                state, reward, terminated, truncated, _ = env.step(self.greedy_action(state))
-                returns[episode] += reward
-                done = terminated or truncated
-        return returns
+        return evaluate_policy(env, self.greedy_action, episodes, seed)
 
     # --------------------------------------------------------------------------- save and load
     def save(self, weights_path: str | os.PathLike) -> None:
@@ -315,30 +307,15 @@ class DeepQLearning:
         """Rebuild an agent from ``STEM.weights.h5`` and the ``STEM.json`` that `train.py` wrote beside it.
 
         :return: the agent and the JSON record (``env_id``, ``config``, ``seed``, ...).
-        :raises FileNotFoundError, ValueError: with a message saying what is missing or wrong.
+        :raises UserError: if a file is missing, or the weights do not fit the network the record describes.
         """
         weights_path = Path(weights_path)
-        record_path = record_path_for(weights_path)
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"no weights file at {weights_path}")
-        if not record_path.is_file():
-            raise FileNotFoundError(f"no {record_path.name} beside {weights_path}: it holds the environment and "
-                                    "network settings that the weights need")
-        try:
-            record = json.loads(record_path.read_text())
-            config = DQNConfig.from_dict(record["config"])
-            agent = cls(int(record["observation_size"]), int(record["num_actions"]), config)
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{record_path} is not a record written by train.py ({error})") from error
+        record = read_training_record(weights_path)
+        agent = cls(record["observation_size"], record["num_actions"], DQNConfig.from_dict(record["config"]))
         try:
             agent.load(weights_path)
-        except Exception as error:  # Keras raises ValueError, OSError or KeyError depending on the damage
-            raise ValueError(f"{weights_path} does not hold weights for the network described in "
-                             f"{record_path.name} ({type(error).__name__}: {str(error).splitlines()[0]})") from error
+        except Exception as error:  # Keras raises ValueError, OSError or KeyError, depending on the damage
+            raise UserError(f"{weights_path} does not hold weights for the network described in "
+                            f"{record_path_for(weights_path).name} ({type(error).__name__}: "
+                            f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from error
         return agent, record
-
-
-def record_path_for(weights_path: str | os.PathLike) -> Path:
-    """``STEM.json`` for ``STEM.weights.h5``."""
-    weights_path = Path(weights_path)
-    return weights_path.with_name(weights_path.name.removesuffix(".weights.h5") + ".json")

@@ -2,7 +2,9 @@
 
 This module imports no TensorFlow, so that `train.py` can check every flag and answer a bad one
 in a fraction of a second, before paying the several seconds that importing TensorFlow costs.
-The defaults are the RL-Zoo's tuned CartPole-v1 settings, with Double DQN on.
+The defaults are the RL-Zoo's tuned CartPole-v1 settings (Raffin et al.), with Double DQN on and a
+64-64 network instead of the Zoo's 256-256: on this project's benchmark it solves as reliably, and
+each gradient step costs about a third.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _param(default: Any, doc: str) -> Any:
 class DQNConfig:
     """Hyperparameters of :class:`dqn_agent.DeepQLearning`; every instance is valid."""
 
-    hidden_sizes: tuple[int, ...] = _param((256, 256), "units in each hidden ReLU layer of the Q-network")
+    hidden_sizes: tuple[int, ...] = _param((64, 64), "units in each hidden ReLU layer of the Q-network")
     learning_rate: float = _param(2.3e-3, "Adam step size")
     gamma: float = _param(0.99, "discount factor of future rewards, in [0, 1]")
     buffer_size: int = _param(100_000, "capacity of the replay buffer, in transitions")
