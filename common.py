@@ -3,7 +3,9 @@ and turning a user's mistake into one clear line on stderr. No TensorFlow is imp
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -13,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
+
+from dqn_config import DQNConfig
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -56,6 +60,8 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 
     :raises UserError: for an unknown id or an environment DQN here cannot handle.
     """
+    if render_mode == "rgb_array":
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames only, no window: SDL needs no display
     try:
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.DependencyNotInstalled as error:
@@ -80,6 +86,36 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
                         "observation of one dimension and Discrete actions, e.g. CartPole-v1, Acrobot-v1, "
                         "MountainCar-v0")
     return env
+
+
+def record_path_for(weights_path: Path) -> Path:
+    """``STEM.json`` for ``STEM.weights.h5``."""
+    return weights_path.with_name(weights_path.name.removesuffix(".weights.h5") + ".json")
+
+
+def read_training_record(weights_path: Path) -> dict:
+    """The ``STEM.json`` that `train.py` wrote beside ``STEM.weights.h5``, checked.
+
+    :return: the record, with ``env_id``, ``observation_size``, ``num_actions`` and ``config`` (a dict).
+    :raises UserError: if the weights or the record are missing, or the record is not one of train.py's.
+    """
+    if not weights_path.is_file():
+        raise UserError(f"no weights file at {weights_path}: check the path, or train an agent with "
+                        "`python train.py`")
+    record_path = record_path_for(weights_path)
+    if not record_path.is_file():
+        raise UserError(f"no {record_path.name} beside {weights_path}: train.py writes it with the weights, and it "
+                        "says which network and environment they belong to")
+    try:
+        record = json.loads(record_path.read_text())
+        DQNConfig.from_dict(record["config"])
+        for key, kind in (("env_id", str), ("observation_size", int), ("num_actions", int)):
+            if not isinstance(record[key], kind):
+                raise TypeError(f"{key} is not a {kind.__name__}")
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{record_path} is not a record written by train.py ({type(error).__name__}: {error})") \
+            from error
+    return record
 
 
 def reward_threshold(env_id: str) -> float | None:
@@ -111,10 +147,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(descriptor)
     try:
         write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's mode
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -122,9 +165,36 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
+def evaluate_policy(env: gym.Env, policy: Callable[[np.ndarray], int], episodes: int, seed: int) -> np.ndarray:
+    """Play `episodes` episodes with `policy` (no exploration) and return their undiscounted returns.
+
+    :param env: an environment used for evaluation only, so that training episodes are not cut.
+    :param policy: the action to take in a state.
+    :param episodes: number of episodes.
+    :param seed: the first episode resets with this seed, the next with seed + 1, and so on, so that
+        every evaluation of a run, and every agent evaluated with the same seed, plays the same starts.
+    """
+    returns = np.zeros(episodes)
+    for episode in range(episodes):
+        state, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            state, reward, terminated, truncated, _ = env.step(policy(state))
+            returns[episode] += float(reward)
+            done = terminated or truncated
+    return returns
+
+
 def summarize(returns: np.ndarray) -> str:
     """``mean ± std over N episodes`` of a set of returns."""
     return f"{np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes"
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def run_cli(main: Callable[[list[str] | None], int]) -> None:

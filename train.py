@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from common import (
+    OneLineErrorParser,
     atomic_write,
     atomic_write_text,
     ensure_writable_dir,
@@ -244,13 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             hyper.add_argument(flag, type=type(config_field.default), default=config_field.default, help=doc)
     return parser
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage block), exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, bool]:

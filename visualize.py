@@ -1,0 +1,199 @@
+"""Record a video of a trained agent playing greedily.
+
+    python visualize.py                                  # models/CartPole-v1.weights.h5 -> videos/CartPole-v1.mp4
+    python visualize.py --episodes 3 --overlay --gif     # Q-values drawn on every frame, and a GIF
+    python visualize.py --weights models/run.weights.h5 --out videos/run.mp4
+
+The network and the environment are rebuilt from the ``STEM.json`` that `train.py` wrote beside the
+weights, so nothing needs repeating. Works headless. The weights file is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from common import (
+    OneLineErrorParser,
+    UserError,
+    atomic_write,
+    ensure_writable_dir,
+    import_agent_class,
+    make_env,
+    read_training_record,
+    record_path_for,
+    run_cli,
+)
+
+DEFAULT_WEIGHTS = Path("models/CartPole-v1.weights.h5")
+
+# What the actions of the classic-control environments do; others are shown as "action i".
+ACTION_NAMES = {
+    "CartPole": ["push left", "push right"],
+    "Acrobot": ["torque -1", "torque 0", "torque +1"],
+    "MountainCar": ["push left", "no push", "push right"],
+}
+
+
+def action_names(env_id: str, num_actions: int) -> list[str]:
+    names = ACTION_NAMES.get(env_id.split(":")[-1].split("-")[0], [])
+    return names if len(names) == num_actions else [f"action {i}" for i in range(num_actions)]
+
+
+class QValueOverlay(gym.Wrapper):
+    """Draws on each rendered frame the step, the return so far, Q(s, a) of every action, and the
+    greedy action: what the network sees in the state on screen and what it will do.
+
+    :param env: an environment with ``render_mode="rgb_array"``.
+    :param q_function: Q(s, .) of one state, as a NumPy vector.
+    :param names: a label for each action.
+    """
+
+    def __init__(self, env: gym.Env, q_function: Callable[[np.ndarray], np.ndarray], names: list[str]) -> None:
+        super().__init__(env)
+        self.q_function = q_function
+        self.names = names
+        self.observation: np.ndarray | None = None
+        self.steps = 0
+        self.episode_return = 0.0
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        self.observation, info = self.env.reset(**kwargs)
+        self.steps, self.episode_return = 0, 0.0
+        return self.observation, info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.observation, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        self.episode_return += float(reward)
+        return self.observation, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        from PIL import Image, ImageDraw, ImageFont
+
+        image = Image.fromarray(self.env.render())
+        draw = ImageDraw.Draw(image)
+        font = ImageFont.load_default(size=max(12, image.height // 28))
+        q_values = self.q_function(self.observation)
+        chosen = int(np.argmax(q_values))
+        line_height = font.size + 4
+        draw.text((10, 8), f"step {self.steps}   return {self.episode_return:g}", fill=(20, 20, 20), font=font)
+        for action, (name, q_value) in enumerate(zip(self.names, q_values, strict=True)):
+            mark, color = ("> ", (200, 30, 30)) if action == chosen else ("   ", (20, 20, 20))
+            draw.text((10, 8 + (action + 1) * line_height), f"{mark}Q({name}) = {q_value:.3f}", fill=color, font=font)
+        return np.asarray(image)
+
+
+# ------------------------------------------------------------------------------------ the command
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(description="Record a video of a trained DQN agent playing greedily.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
+                        help="a STEM.weights.h5 written by train.py, with its STEM.json beside it")
+    parser.add_argument("--episodes", type=int, default=1, help="greedy episodes to play, all in one video")
+    parser.add_argument("--out", type=Path, default=None, help="the mp4 to write (default: videos/STEM.mp4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode; the next use seed+1, ...")
+    parser.add_argument("--fps", type=int, default=None, help="frames per second (default: the environment's)")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF beside the mp4, small "
+                        "enough for a README (every second frame, 300 pixels wide)")
+    parser.add_argument("--overlay", action="store_true",
+                        help="draw the step, the return, each action's Q-value and the chosen action on each frame")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    """Check the flags and the saved files before TensorFlow is imported.
+
+    :return: the arguments and the training record (``STEM.json``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.episodes <= 0:
+        parser.error(f"argument --episodes: must be positive, got {args.episodes}")
+    if args.fps is not None and args.fps <= 0:
+        parser.error(f"argument --fps: must be positive, got {args.fps}")
+    if not args.weights.name.endswith(".weights.h5"):
+        parser.error(f"argument --weights: {args.weights} is not a .weights.h5 file written by train.py")
+    record = read_training_record(args.weights)
+    env_id = record["env_id"]
+    env = make_env(env_id)
+    sizes = (env.observation_space.shape[0], int(env.action_space.n))
+    env.close()
+    if sizes != (record["observation_size"], record["num_actions"]):
+        raise UserError(f"{record_path_for(args.weights)} does not match {env_id}: it says "
+                        f"{record['observation_size']} observations and {record['num_actions']} actions, the "
+                        f"environment has {sizes[0]} and {sizes[1]}")
+    if args.out is None:
+        args.out = Path("videos") / (args.weights.name.removesuffix(".weights.h5") + ".mp4")
+    if args.out.suffix != ".mp4":
+        parser.error(f"argument --out: {args.out} must end in .mp4")
+    ensure_writable_dir(args.out.parent, "--out")
+    return args, record
+
+
+def record_video(agent: Any, env_id: str, args: argparse.Namespace) -> list[float]:
+    """Play ``args.episodes`` greedy episodes into one mp4 at ``args.out``, written atomically.
+
+    :return: each episode's return.
+    """
+    from gymnasium.wrappers import RecordVideo
+
+    env = make_env(env_id, render_mode="rgb_array")
+    if args.overlay:
+        env = QValueOverlay(env, lambda state: agent.q_values(state[None])[0],
+                            action_names(env_id, agent.num_actions))
+    folder = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".recording-"))
+    try:
+        # one recording from the first reset to close(): a finite video_length keeps it going across resets
+        env = RecordVideo(env, str(folder / "video"), name_prefix="video", episode_trigger=lambda episode: episode == 0,
+                          video_length=sys.maxsize, fps=args.fps)
+        returns = []
+        for episode in range(args.episodes):
+            state, _ = env.reset(seed=args.seed + episode)
+            episode_return, done = 0.0, False
+            while not done:
+                state, reward, terminated, truncated, _ = env.step(agent.greedy_action(state))
+                episode_return += float(reward)
+                done = terminated or truncated
+            returns.append(episode_return)
+        env.close()
+        (folder / "video" / "video-episode-0.mp4").replace(args.out)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return returns
+
+
+def write_gif(video: Path, gif: Path) -> None:
+    """An animated GIF of `video`, every second frame, 300 pixels wide, written atomically."""
+    from moviepy import VideoFileClip
+
+    with VideoFileClip(str(video)) as clip:
+        small = clip.resized(width=300)
+        atomic_write(gif, lambda temporary: small.write_gif(str(temporary), fps=clip.fps / 2, logger=None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, record = parse_args(argv)
+    deep_q_learning = import_agent_class()
+    agent, record = deep_q_learning.from_saved(args.weights)
+    returns = record_video(agent, record["env_id"], args)
+    for episode, episode_return in enumerate(returns):
+        print(f"episode {episode} (seed {args.seed + episode}): return {episode_return:g}")
+    print(f"wrote {args.out}")
+    if args.gif:
+        gif = args.out.with_suffix(".gif")
+        write_gif(args.out, gif)
+        print(f"wrote {gif}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
