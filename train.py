@@ -313,7 +313,10 @@ def run_record(agent: DeepQLearning, settings: RunSettings, result: TrainingResu
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "stop_reason": result.stop_reason,
-        "best_eval": {"step": result.best_eval_step, "mean": result.best_eval_mean},
+        "best_eval": {"step": result.best_eval_step, "mean": result.best_eval_mean,
+                      "seconds": result.best_weights_seconds and round(result.best_weights_seconds, 2)},
+        "solved_step": result.solved_step,
+        "evaluations": result.evaluations,
         "versions": library_versions(),
     }
     if final_returns is not None:

@@ -81,7 +81,7 @@ class QValueOverlay(gym.Wrapper):
 
         image = Image.fromarray(self.env.render())
         draw = ImageDraw.Draw(image)
-        font = ImageFont.load_default(size=max(12, image.height // 28))
+        font = ImageFont.load_default(size=max(12, image.height // 20))
         q_values = self.q_function(self.observation)
         chosen = int(np.argmax(q_values))
         line_height = font.size + 4
@@ -171,13 +171,27 @@ def record_video(agent: Any, env_id: str, args: argparse.Namespace) -> list[floa
     return returns
 
 
-def write_gif(video: Path, gif: Path) -> None:
-    """An animated GIF of `video`, every second frame, 300 pixels wide, written atomically."""
+def write_gif(video: Path, gif: Path, width: int = 300, frame_step: int = 2, colors: int = 16) -> None:
+    """An animated GIF of `video`, small enough for a README, written atomically.
+
+    moviepy reads and scales the frames; Pillow writes them with one 16-colour palette for the whole
+    GIF, so that each frame stores only what changed (4 times smaller than moviepy's own GIF writer).
+
+    :param width: width in pixels (default 300); the height keeps the aspect ratio.
+    :param frame_step: keep every `frame_step`-th frame (default 2).
+    :param colors: palette size (default 16: the classic-control scenes use few colours).
+    """
     from moviepy import VideoFileClip
+    from PIL import Image
 
     with VideoFileClip(str(video)) as clip:
-        small = clip.resized(width=300)
-        atomic_write(gif, lambda temporary: small.write_gif(str(temporary), fps=clip.fps / 2, logger=None))
+        frames = [Image.fromarray(frame) for frame in clip.resized(width=width).iter_frames()][::frame_step]
+        frame_ms = round(1000 * frame_step / clip.fps)
+    palette = frames[0].quantize(colors)
+    frames = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
+    atomic_write(gif, lambda temporary: frames[0].save(temporary, format="GIF", save_all=True,
+                                                       append_images=frames[1:], duration=frame_ms, loop=0,
+                                                       optimize=True))
 
 
 def main(argv: list[str] | None = None) -> int:
