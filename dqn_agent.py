@@ -136,6 +136,15 @@ class DeepQLearning:
         self.loss_function = LOSS_FUNCTIONS[self.config.loss]
         self.replay_buffer: deque[tuple[np.ndarray, int, float, np.ndarray, bool]] = deque(
             maxlen=self.config.buffer_size)
+        # Compile a training phase once, for stacks of batches of these shapes: calling the concrete
+        # function with tensors skips tf.function's per-call argument matching, a third of its cost.
+        steps_and_batch = [None, self.config.batch_size]
+        self._compiled_gradient_steps = tf.function(self._gradient_steps, jit_compile=True).get_concrete_function(
+            Batch(states=tf.TensorSpec([*steps_and_batch, observation_size], tf.float32),
+                  actions=tf.TensorSpec(steps_and_batch, tf.int32),
+                  rewards=tf.TensorSpec(steps_and_batch, tf.float32),
+                  next_states=tf.TensorSpec([*steps_and_batch, observation_size], tf.float32),
+                  terminated=tf.TensorSpec(steps_and_batch, tf.float32)))
         self.refresh_acting_weights()
 
     # ----------------------------------------------------------------------------- the networks
@@ -245,9 +254,8 @@ class DeepQLearning:
         self.optimizer.apply_gradients(zip(gradients, self.main_network.trainable_variables, strict=True))
         return loss
 
-    @tf.function(jit_compile=True)
     def _gradient_steps(self, batches: Batch) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """`gradient_step` on each of a stack of batches, compiled by XLA into one call.
+        """`gradient_step` on each of a stack of batches; compiled by XLA into one call in `__init__`.
 
         :return: the mean loss, and the main network's new weights (for acting, without a second call).
         """
@@ -261,7 +269,8 @@ class DeepQLearning:
 
         :return: the mean loss of the phase (NaN or infinite if training diverged).
         """
-        loss, weights = self._gradient_steps(self.sample_batch(self.config.batch_size, num_gradient_steps))
+        batches = self.sample_batch(self.config.batch_size, num_gradient_steps)
+        loss, weights = self._compiled_gradient_steps(Batch(*(tf.constant(field) for field in batches)))
         self._acting_weights = [weight.numpy() for weight in weights]
         return float(loss)
 

@@ -75,6 +75,7 @@ class TrainingResult:
     best_eval_mean: float = -math.inf
     best_eval_step: int | None = None
     best_weights_seconds: float | None = None
+    eval_seconds: float = 0.0
     solved_step: int | None = None
     stop_reason: str = "total steps reached"
     failure: str | None = None
@@ -138,7 +139,9 @@ def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) ->
                 agent.update_target_network()
 
             if step % settings.eval_interval == 0 or step == settings.total_steps:
+                eval_start = time.perf_counter()
                 returns = agent.evaluate(eval_env, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
+                result.eval_seconds += time.perf_counter() - eval_start
                 last_eval = float(np.mean(returns))
                 result.evaluations.append({"step": step, "mean": last_eval, "std": float(np.std(returns))})
                 if last_eval > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
@@ -210,8 +213,7 @@ def library_versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------------ the command
 def build_parser() -> argparse.ArgumentParser:
     """Run flags, then one flag per field of DQNConfig, its help taken from the field's doc."""
-    parser = OneLineErrorParser(description="Train a DQN agent and save its best evaluated weights.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description="Train a DQN agent and save its best evaluated weights.")
     defaults = RunSettings()
     run = parser.add_argument_group("run")
     run.add_argument("--env", default=defaults.env_id, help="Gymnasium environment id (vector observation, "
@@ -239,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         if config_field.type == "bool":
             hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=config_field.default, help=doc)
         elif config_field.name == "hidden_sizes":
-            hyper.add_argument(flag, type=int, nargs="+", default=list(config_field.default), help=doc)
+            hyper.add_argument(flag, type=int, nargs="+", metavar="UNITS", default=list(config_field.default),
+                               help=doc)
         elif config_field.name == "loss":
             hyper.add_argument(flag, choices=("mse", "huber"), default=config_field.default, help=doc)
         else:
@@ -312,6 +315,7 @@ def run_record(agent: DeepQLearning, settings: RunSettings, result: TrainingResu
                 "eval_episodes": settings.eval_episodes, "reward_threshold": settings.reward_threshold},
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
+        "eval_seconds": round(result.eval_seconds, 2),
         "stop_reason": result.stop_reason,
         "best_eval": {"step": result.best_eval_step, "mean": result.best_eval_mean,
                       "seconds": result.best_weights_seconds and round(result.best_weights_seconds, 2)},

@@ -94,8 +94,7 @@ class QValueOverlay(gym.Wrapper):
 
 # ------------------------------------------------------------------------------------ the command
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(description="Record a video of a trained DQN agent playing greedily.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description="Record a video of a trained DQN agent playing greedily.")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
                         help="a STEM.weights.h5 written by train.py, with its STEM.json beside it")
     parser.add_argument("--episodes", type=int, default=1, help="greedy episodes to play, all in one video")

@@ -152,3 +152,15 @@ def test_same_seed_same_run(tmp_path):
     for a, b in zip(weights_a, weights_b, strict=True):
         np.testing.assert_array_equal(a, b)
     assert returns_a != returns_c  # and the seed does matter
+
+
+@pytest.mark.parametrize(("env_id", "observation_size", "num_actions"), [("Acrobot-v1", 6, 3),
+                                                                         ("MountainCar-v0", 2, 3)])
+def test_other_vector_observation_discrete_action_environments_train(tmp_path, env_id, observation_size,
+                                                                     num_actions):
+    settings, config = quick_settings(tmp_path, env_id=env_id, total_steps=600, eval_interval=600, eval_episodes=1)
+    agent = train.build_agent(settings, config)
+    assert (agent.observation_size, agent.num_actions) == (observation_size, num_actions)
+    result = train.train(agent, settings, progress=False)
+    assert result.steps == 600 and len(result.evaluations) == 1
+    assert (tmp_path / "run.weights.h5").exists()

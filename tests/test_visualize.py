@@ -12,7 +12,7 @@ import imageio.v2 as imageio
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_program
+from conftest import ROOT, assert_one_line_error, run_program
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,13 @@ def test_unwritable_output_folder_is_refused(weights, tmp_path):
 def test_episodes_must_be_positive(weights, episodes):
     result = run_program("visualize.py", "--weights", str(weights), "--episodes", episodes)
     assert_one_line_error(result, "--episodes", "positive")
+
+
+def test_the_shipped_agent_plays_right_after_install(tmp_path):
+    """The default weights in models/ exist, load, and balance CartPole for the full 500 steps."""
+    video = tmp_path / "shipped.mp4"
+    result = run_program("visualize.py", "--out", str(video))
+    assert result.returncode == 0, result.stderr
+    assert played_steps(result.stdout) == [500]
+    record = json.loads((ROOT / "models" / "CartPole-v1.json").read_text())
+    assert record["command"] == "python train.py" and record["final_evaluation"]["mean"] >= 475

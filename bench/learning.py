@@ -1,0 +1,123 @@
+"""How reliably and how fast the agent learns CartPole-v1, seed by seed, optionally beside Stable-Baselines3.
+
+    python -m bench.learning                  # this project's DQN, seeds 0 to 4
+    python -m bench.learning --sb3            # and SB3's tuned DQN, interleaved seed by seed
+
+Each run is the real command (``python train.py --seed N``; ``python -m bench.sb3_dqn --seed N``)
+under ``/usr/bin/time -v``, one at a time. Both follow one protocol: a 20-episode greedy evaluation
+every 2,500 steps by the same code on the same episode seeds, the best evaluated weights kept, a stop
+once an evaluation reaches the reward threshold (475), at most 50,000 steps, and a final 100-episode
+evaluation of the kept weights on other seeds. A seed counts as solved when that final mean is at
+least the threshold. Prints a table per seed and the medians; writes ``learning.json`` and a plot of
+every seed's evaluation curve, ``learning.png``, into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from bench.timed import machine, run_timed
+
+THRESHOLD = 475.0
+AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN, RL-Zoo settings"}
+
+
+def run_seed(agent: str, seed: int, runs: Path, extra: list[str]) -> dict:
+    """Train one seed of one agent; return its row of the table."""
+    record_path = runs / f"{agent}-{seed}.json"
+    if agent == "dqn":
+        timed = run_timed("train.py", "--seed", str(seed), "--out", str(runs / f"dqn-{seed}"), "--no-progress",
+                          *extra)
+    else:
+        timed = run_timed("-m", "bench.sb3_dqn", "--seed", str(seed), "--out", str(record_path))
+    if timed.returncode != 0:
+        sys.exit(f"bench: {agent} seed {seed} failed:\n{timed.stderr[-2000:]}")
+    record = json.loads(record_path.read_text())
+    final = record["final_evaluation"]["mean"]
+    solved = record["solved_step"] is not None
+    return {
+        "agent": agent, "seed": seed, "steps": record["steps"], "seconds": record["seconds"],
+        "seconds_without_eval": round(record["seconds"] - record["eval_seconds"], 2),
+        "steps_per_second": round(record["steps"] / record["seconds"]),
+        "first_solved_eval_step": record["solved_step"],
+        "seconds_to_solved_policy": record["best_eval"]["seconds"] if solved else None,
+        "final_eval": round(final, 1), "solved": final >= THRESHOLD,
+        "process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb),
+        "evaluations": record["evaluations"],
+    }
+
+
+def median(rows: list[dict], key: str) -> float | None:
+    values = [row[key] for row in rows if row[key] is not None]
+    return statistics.median(values) if values else None
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ("agent", "seed", "solved at", "steps", "train s", "s w/o eval", "s to solved", "steps/s",
+              "final 100-ep", "solved", "process s", "peak MB")
+    keys = ("agent", "seed", "first_solved_eval_step", "steps", "seconds", "seconds_without_eval",
+            "seconds_to_solved_policy", "steps_per_second", "final_eval", "solved", "process_seconds", "peak_mb")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join("-" if row[k] is None else str(row[k]) for k in keys) + " |")
+    for agent in dict.fromkeys(row["agent"] for row in rows):
+        mine = [row for row in rows if row["agent"] == agent]
+        cells = [f"**{agent} median**", "", *(str(median(mine, k)) for k in keys[2:9]),
+                 f"{sum(r['solved'] for r in mine)}/{len(mine)}", str(median(mine, "process_seconds")),
+                 str(median(mine, "peak_mb"))]
+        print("| " + " | ".join(cells) + " |")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agents = list(dict.fromkeys(row["agent"] for row in rows))
+    figure, axes = plt.subplots(1, len(agents), figsize=(6 * len(agents), 4), sharey=True, squeeze=False)
+    for axis, agent in zip(axes[0], agents, strict=True):
+        for row in (r for r in rows if r["agent"] == agent):
+            axis.plot([e["step"] for e in row["evaluations"]], [e["mean"] for e in row["evaluations"]], marker=".",
+                      label=f"seed {row['seed']} (final {row['final_eval']:g})")
+        axis.axhline(THRESHOLD, color="gray", linestyle="--")
+        axis.set(title=AGENTS[agent], xlabel="environment step", ylabel="greedy evaluation (20 episodes)")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Seeds of CartPole-v1 training, beside SB3 if asked.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--sb3", action="store_true", help="also run SB3's DQN (needs bench/requirements-sb3.txt)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("train_flags", nargs="*", help="extra flags for train.py, after --")
+    args = parser.parse_args()
+    runs = args.out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    agents = ["dqn", "sb3"] if args.sb3 else ["dqn"]
+    print(f"machine: {machine()}", flush=True)
+    rows = []
+    for seed in args.seeds:
+        for agent in agents:  # interleaved, so that a change in the machine's load hits both alike
+            rows.append(run_seed(agent, seed, runs, args.train_flags))
+            row = rows[-1]
+            print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
+                  file=sys.stderr, flush=True)
+    rows.sort(key=lambda row: (row["agent"], row["seed"]))
+    print_table(rows)
+    command = " ".join(["python -m bench.learning", *sys.argv[1:]])
+    summary = {"machine": machine(), "command": command, "rows": rows}
+    (args.out / "learning.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(rows, args.out / "learning.png")
+    print(f"wrote {args.out / 'learning.json'} and {args.out / 'learning.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The README stays true to the code: every flag is documented, and CI runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ROOT
+
+import train
+import visualize
+
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("parser", [train.build_parser(), visualize.build_parser()], ids=["train", "visualize"])
+def test_every_flag_is_in_the_readme(parser):
+    flags = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    flags -= {"--help", "--no-double-dqn"}  # documented beside --double-dqn
+    missing = sorted(flag for flag in flags if f"`{flag}`" not in README)
+    assert not missing, f"flags not documented in README.md: {missing}"
+
+
+def test_ci_runs_the_readmes_test_command():
+    commands = re.findall(r"```bash\n(.+?)\n```", README)
+    test_command = next(command for command in commands if "pytest" in command)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
