@@ -275,13 +275,11 @@ class DeepQLearning:
         return float(loss)
 
     @tf.function
-    def _blend_target_weights(self, tau: float) -> None:
-        for target, main in zip(self.target_network.weights, self.main_network.weights, strict=True):
-            target.assign(tau * main + (1.0 - tau) * target)
-
     def update_target_network(self) -> None:
         """theta^- <- tau * theta + (1 - tau) * theta^-: a hard copy when tau = 1, else Polyak averaging."""
-        self._blend_target_weights(tf.constant(self.config.tau, tf.float32))
+        tau = self.config.tau
+        for target, main in zip(self.target_network.weights, self.main_network.weights, strict=True):
+            target.assign(main if tau == 1.0 else tau * main + (1.0 - tau) * target)
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, env: gym.Env, episodes: int, seed: int) -> np.ndarray:
