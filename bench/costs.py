@@ -1,0 +1,67 @@
+"""What each piece of a training step costs, in milliseconds: where the time of a run goes.
+
+    python -m bench.costs
+
+Times each call on the default agent (64-64, batch 64) with a replay buffer of 35,000 CartPole-v1
+transitions (the size at which the defaults solve it), median of 5 rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from bench.timed import machine
+from common import import_agent_class, make_env
+
+
+def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> float:
+    """Median over 5 rounds of `repeats` calls, per call (divided by `per` more, e.g. per gradient step)."""
+    call()
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        rounds.append((time.perf_counter() - start) / repeats / per * 1000)
+    return statistics.median(rounds)
+
+
+def main() -> None:
+    deep_q_learning = import_agent_class()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    env = make_env("CartPole-v1")
+    agent = deep_q_learning(env.observation_space.shape[0], int(env.action_space.n))
+    state, _ = env.reset(seed=0)
+    for _ in range(35_000):
+        action = agent.act(state, epsilon=1.0)
+        next_state, reward, terminated, truncated, _ = env.step(action)
+        agent.remember(state, action, float(reward), next_state, terminated)
+        state = env.reset()[0] if terminated or truncated else next_state
+    state = state.astype(np.float32)
+    rows = [
+        ("`model.predict(state[None])`, one state", milliseconds(
+            lambda: agent.main_network.predict(state[None], verbose=0), 20)),
+        ("`model(state[None])`, eager, one state", milliseconds(lambda: agent.main_network(state[None]), 200)),
+        ("`greedy_action(state)`: NumPy copy of the weights", milliseconds(lambda: agent.greedy_action(state), 5000)),
+        ("`env.step(action)`, CartPole-v1", milliseconds(lambda: env.step(0) if env.step(0)[2] else env.reset(), 2000,
+                                                         per=2)),
+        ("`sample_batch(64)` from the deque, one batch", milliseconds(lambda: agent.sample_batch(64), 500)),
+        ("`sample_batch(64, 128)`, per batch", milliseconds(lambda: agent.sample_batch(64, 128), 10, per=128)),
+        ("`train(1)`: one gradient step in its own call", milliseconds(lambda: agent.train(1), 500)),
+        ("`train(128)`, per gradient step (sampling included)", milliseconds(lambda: agent.train(128), 10, per=128)),
+        ("`update_target_network()`", milliseconds(agent.update_target_network, 500)),
+    ]
+    print(f"machine: {machine()}")
+    print("| call | ms |\n|---|---|")
+    for name, cost in rows:
+        print(f"| {name} | {cost:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
