@@ -63,7 +63,8 @@ def test_video_and_gif_hold_every_step_played(weights, tmp_path):
 
 def test_overlay_draws_on_the_frames(weights, tmp_path):
     plain, drawn = tmp_path / "plain.mp4", tmp_path / "drawn.mp4"
-    assert run_program("visualize.py", "--weights", str(weights), "--out", str(plain)).returncode == 0
+    assert run_program("visualize.py", "--weights", str(weights), "--out", str(plain), "--fps", "25").returncode == 0
+    assert imageio.get_reader(plain, "ffmpeg").get_meta_data()["fps"] == 25
     assert run_program("visualize.py", "--weights", str(weights), "--out", str(drawn), "--overlay").returncode == 0
     first_plain = imageio.get_reader(plain, "ffmpeg").get_data(0).astype(float)
     first_drawn = imageio.get_reader(drawn, "ffmpeg").get_data(0).astype(float)
