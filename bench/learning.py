@@ -2,6 +2,7 @@
 
     python -m bench.learning                  # this project's DQN, seeds 0 to 4
     python -m bench.learning --sb3            # and SB3's tuned DQN, interleaved seed by seed
+    python -m bench.learning --env Acrobot-v1 --seeds 0 1 2
 
 Each run is the real command (``python train.py --seed N``; ``python -m bench.sb3_dqn --seed N``)
 under ``/usr/bin/time -v``, one at a time. Both follow one protocol: a 20-episode greedy evaluation
@@ -9,7 +10,8 @@ every 2,500 steps by the same code on the same episode seeds, the best evaluated
 once an evaluation reaches the reward threshold (475), at most 50,000 steps, and a final 100-episode
 evaluation of the kept weights on other seeds. A seed counts as solved when that final mean is at
 least the threshold. Prints a table per seed and the medians; writes ``learning.json`` and a plot of
-every seed's evaluation curve, ``learning.png``, into ``--out``.
+every seed's evaluation curve, ``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other
+environments).
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ import sys
 from pathlib import Path
 
 from bench.timed import machine, run_timed
+from common import reward_threshold
 
-THRESHOLD = 475.0
 AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN, RL-Zoo settings"}
 
 
-def run_seed(agent: str, seed: int, runs: Path, extra: list[str]) -> dict:
+def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str]) -> dict:
     """Train one seed of one agent; return its row of the table."""
-    record_path = runs / f"{agent}-{seed}.json"
+    record_path = runs / f"{agent}-{env_id}-{seed}.json"
     if agent == "dqn":
-        timed = run_timed("train.py", "--seed", str(seed), "--out", str(runs / f"dqn-{seed}"), "--no-progress",
-                          *extra)
+        timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(record_path.with_suffix("")),
+                          "--no-progress", *extra)
     else:
         timed = run_timed("-m", "bench.sb3_dqn", "--seed", str(seed), "--out", str(record_path))
     if timed.returncode != 0:
@@ -45,7 +47,7 @@ def run_seed(agent: str, seed: int, runs: Path, extra: list[str]) -> dict:
         "steps_per_second": round(record["steps"] / record["seconds"]),
         "first_solved_eval_step": record["solved_step"],
         "seconds_to_solved_policy": record["best_eval"]["seconds"] if solved else None,
-        "final_eval": round(final, 1), "solved": final >= THRESHOLD,
+        "final_eval": round(final, 1), "solved": final >= reward_threshold(env_id),
         "process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb),
         "evaluations": record["evaluations"],
     }
@@ -73,7 +75,7 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], threshold: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +87,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for row in (r for r in rows if r["agent"] == agent):
             axis.plot([e["step"] for e in row["evaluations"]], [e["mean"] for e in row["evaluations"]], marker=".",
                       label=f"seed {row['seed']} (final {row['final_eval']:g})")
-        axis.axhline(THRESHOLD, color="gray", linestyle="--")
+        axis.axhline(threshold, color="gray", linestyle="--")
         axis.set(title=AGENTS[agent], xlabel="environment step", ylabel="greedy evaluation (20 episodes)")
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -93,12 +95,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Seeds of CartPole-v1 training, beside SB3 if asked.")
+    parser = argparse.ArgumentParser(description="Seeds of training, beside SB3 on CartPole-v1 if asked.")
+    parser.add_argument("--env", default="CartPole-v1", help="an environment with a registered reward threshold")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--sb3", action="store_true", help="also run SB3's DQN (needs bench/requirements-sb3.txt)")
+    parser.add_argument("--sb3", action="store_true", help="also run SB3's tuned CartPole-v1 DQN (needs "
+                        "bench/requirements-sb3.txt)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("train_flags", nargs="*", help="extra flags for train.py, after --")
     args = parser.parse_args()
+    threshold = reward_threshold(args.env)
+    if threshold is None or (args.sb3 and args.env != "CartPole-v1"):
+        parser.error("--env needs a registered reward threshold, and --sb3 goes with CartPole-v1 only")
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     agents = ["dqn", "sb3"] if args.sb3 else ["dqn"]
@@ -106,17 +113,18 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for agent in agents:  # interleaved, so that a change in the machine's load hits both alike
-            rows.append(run_seed(agent, seed, runs, args.train_flags))
+            rows.append(run_seed(agent, args.env, seed, runs, args.train_flags))
             row = rows[-1]
             print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
                   file=sys.stderr, flush=True)
     rows.sort(key=lambda row: (row["agent"], row["seed"]))
     print_table(rows)
     command = " ".join(["python -m bench.learning", *sys.argv[1:]])
-    summary = {"machine": machine(), "command": command, "rows": rows}
-    (args.out / "learning.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(rows, args.out / "learning.png")
-    print(f"wrote {args.out / 'learning.json'} and {args.out / 'learning.png'}")
+    summary = {"machine": machine(), "command": command, "env_id": args.env, "rows": rows}
+    stem = args.out / ("learning" if args.env == "CartPole-v1" else f"learning-{args.env}")
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(rows, threshold, stem.with_suffix(".png"))
+    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
