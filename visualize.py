@@ -64,6 +64,7 @@ class QValueOverlay(gym.Wrapper):
         self.observation: np.ndarray | None = None
         self.steps = 0
         self.episode_return = 0.0
+        self.font: Any = None  # loaded on the first frame, sized to it
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
         self.observation, info = self.env.reset(**kwargs)
@@ -81,7 +82,9 @@ class QValueOverlay(gym.Wrapper):
 
         image = Image.fromarray(self.env.render())
         draw = ImageDraw.Draw(image)
-        font = ImageFont.load_default(size=max(12, image.height // 20))
+        if self.font is None:
+            self.font = ImageFont.load_default(size=max(12, image.height // 20))
+        font = self.font
         q_values = self.q_function(self.observation)
         chosen = int(np.argmax(q_values))
         line_height = font.size + 4
