@@ -109,7 +109,7 @@ def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) ->
                mininterval=0.5)
     state, _ = env.reset(seed=settings.seed)
     episode_return, episode_length = 0.0, 0
-    last_eval = float("nan")
+    last_eval_shown = "-"
     step = 0
     try:
         for step in range(1, settings.total_steps + 1):
@@ -123,7 +123,7 @@ def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) ->
             if terminated or truncated:
                 result.episodes.append({"step": step, "return": episode_return, "length": episode_length,
                                         "epsilon": epsilon})
-                bar.set_postfix(ret=f"{episode_return:.0f}", eval=f"{last_eval:.0f}", eps=f"{epsilon:.2f}",
+                bar.set_postfix(ret=f"{episode_return:.0f}", eval=last_eval_shown, eps=f"{epsilon:.2f}",
                                 refresh=False)
                 state, _ = env.reset()
                 episode_return, episode_length = 0.0, 0
@@ -143,6 +143,7 @@ def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) ->
                 returns = agent.evaluate(eval_env, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
                 result.eval_seconds += time.perf_counter() - eval_start
                 last_eval = float(np.mean(returns))
+                last_eval_shown = f"{last_eval:.0f}"
                 result.evaluations.append({"step": step, "mean": last_eval, "std": float(np.std(returns))})
                 if last_eval > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
                     agent.save(weights_path(settings.out))

@@ -25,3 +25,13 @@ def test_ci_runs_the_readmes_test_command():
     commands = re.findall(r"```bash\n(.+?)\n```", README)
     test_command = next(command for command in commands if "pytest" in command)
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readmes_python_example_runs(tmp_path, capsys, monkeypatch):
+    (example,) = re.findall(r"```python\n(.+?)\n```", README, re.DOTALL)
+    monkeypatch.chdir(ROOT)
+    exec(compile(example.replace("/tmp/my-run", str(tmp_path / "my-run")), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("CartPole-v1 [500. 500. 500. 500. 500.]")
+    assert printed[1].split()[0] == "5000"
+    assert (tmp_path / "my-run.weights.h5").exists()
