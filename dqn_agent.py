@@ -183,16 +183,25 @@ class DeepQLearning:
         """The exploration rate at environment step `step`: linear from epsilon_start to epsilon_end.
 
             epsilon(t) = epsilon_start + min(1, t / decay_steps) * (epsilon_end - epsilon_start)
+
+        :param step: environment steps taken so far.
         """
         progress = min(1.0, step / self.config.epsilon_decay_steps) if self.config.epsilon_decay_steps else 1.0
         return self.config.epsilon_start + progress * (self.config.epsilon_end - self.config.epsilon_start)
 
     def greedy_action(self, state: np.ndarray) -> int:
-        """argmax_a Q(s, a; theta)."""
+        """argmax_a Q(s, a; theta).
+
+        :param state: one observation, shape (observation_size,).
+        """
         return int(np.argmax(self.q_values(state[None])[0]))
 
     def act(self, state: np.ndarray, epsilon: float) -> int:
-        """Epsilon-greedy: a uniformly random action with probability epsilon, else the greedy one."""
+        """Epsilon-greedy: a uniformly random action with probability epsilon, else the greedy one.
+
+        :param state: one observation, shape (observation_size,).
+        :param epsilon: the exploration rate, in [0, 1]; see `epsilon`.
+        """
         if self.rng.random() < epsilon:
             return int(self.rng.integers(self.num_actions))
         return self.greedy_action(state)
@@ -202,8 +211,12 @@ class DeepQLearning:
                  terminated: bool) -> None:
         """Store a transition in the replay buffer; the oldest is dropped once it is full.
 
-        Pass Gymnasium's `terminated`, not ``terminated or truncated``: a transition cut by a time
-        limit still bootstraps from its next state.
+        :param state: the observation s the action was taken in.
+        :param action: the action a taken.
+        :param reward: the reward r received.
+        :param next_state: the observation s' that followed.
+        :param terminated: Gymnasium's `terminated`, not ``terminated or truncated``: a transition cut by
+            a time limit still bootstraps from its next state.
         """
         self.replay_buffer.append((state, action, reward, next_state, terminated))
 
@@ -232,6 +245,11 @@ class DeepQLearning:
 
             DQN:        y = r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-)
             Double DQN: y = r + gamma * (1 - terminated) * Q(s', argmax_a' Q(s', a'; theta); theta^-)
+
+        :param rewards: r, shape (B,).
+        :param next_states: s', shape (B, observation_size).
+        :param terminated: 1.0 where the episode terminated at s' (no bootstrap), else 0.0; shape (B,).
+        :return: y, shape (B,).
         """
         next_q_target = self.target_network(next_states, training=False)
         if self.config.double_dqn:
@@ -245,7 +263,14 @@ class DeepQLearning:
     @tf.function
     def gradient_step(self, states: tf.Tensor, actions: tf.Tensor, rewards: tf.Tensor, next_states: tf.Tensor,
                       terminated: tf.Tensor) -> tf.Tensor:
-        """One Adam step on the masked TD loss of one batch; returns the loss before the step."""
+        """One Adam step on the masked TD loss of one batch; returns the loss before the step.
+
+        :param states: s, shape (B, observation_size).
+        :param actions: a, int32, shape (B,).
+        :param rewards: r, shape (B,).
+        :param next_states: s', shape (B, observation_size).
+        :param terminated: 1.0 where the episode terminated at s', else 0.0; shape (B,).
+        """
         targets = tf.stop_gradient(self.td_targets(rewards, next_states, terminated))
         action_mask = tf.one_hot(actions, self.num_actions)
         with tf.GradientTape() as tape:
@@ -267,6 +292,7 @@ class DeepQLearning:
     def train(self, num_gradient_steps: int) -> float:
         """A training phase: `num_gradient_steps` gradient steps, each on a fresh random batch.
 
+        :param num_gradient_steps: how many gradient steps (the config's `gradient_steps` in train.py).
         :return: the mean loss of the phase (NaN or infinite if training diverged).
         """
         batches = self.sample_batch(self.config.batch_size, num_gradient_steps)
@@ -297,12 +323,15 @@ class DeepQLearning:
 
         The weights go to a temporary file first, then replace the old file in one rename, so an
         interrupted save never leaves a broken file where a good one was.
+
+        :param weights_path: where to write; Keras 3 requires the ``.weights.h5`` suffix.
         """
         atomic_write(Path(weights_path), lambda temporary: self.main_network.save_weights(temporary, overwrite=True))
 
     def load(self, weights_path: str | os.PathLike) -> None:
         """Load weights written by `save` into both networks.
 
+        :param weights_path: a ``.weights.h5`` file written by `save`.
         :raises ValueError: if the file does not hold weights of this architecture.
         """
         self.main_network.load_weights(weights_path)
@@ -313,6 +342,7 @@ class DeepQLearning:
     def from_saved(cls, weights_path: str | os.PathLike) -> tuple[DeepQLearning, dict]:
         """Rebuild an agent from ``STEM.weights.h5`` and the ``STEM.json`` that `train.py` wrote beside it.
 
+        :param weights_path: the ``STEM.weights.h5`` file.
         :return: the agent and the JSON record (``env_id``, ``config``, ``seed``, ...).
         :raises UserError: if a file is missing, or the weights do not fit the network the record describes.
         """
