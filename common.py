@@ -221,4 +221,7 @@ def run_cli(main: Callable[[list[str] | None], int]) -> None:
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr)
         status = 130
+    except OSError as error:  # e.g. the disk filled up while writing; files written so far are whole
+        print(f"{program}: error: {error}", file=sys.stderr)
+        status = 1
     sys.exit(status)

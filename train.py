@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "registered threshold, 475 for CartPole-v1)")
     run.add_argument("--no-early-stop", action="store_true", help="train for all --total-steps")
     run.add_argument("--out", type=Path, default=None,
-                     help="output stem: writes STEM.weights.h5, .json, .csv and .png (default: models/ENV_ID)")
+                     help="output stem: writes STEM.weights.h5, .json, .csv and .png (default: models/ENV_ID; a "
+                     "trailing .weights.h5 is dropped)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     hyper = parser.add_argument_group("hyperparameters (DQNConfig)")
@@ -271,7 +272,8 @@ def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, bool]:
     settings = RunSettings(env_id=args.env, seed=args.seed, total_steps=args.total_steps,
                            eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
                            final_eval_episodes=args.final_eval_episodes, reward_threshold=threshold,
-                           out=args.out if args.out is not None else Path("models") / args.env)
+                           out=Path("models") / args.env if args.out is None else
+                           args.out.with_name(args.out.name.removesuffix(".weights.h5")))
     if settings.out.name in ("", ".", "..") or settings.out.is_dir():
         parser.error(f"argument --out: {settings.out} is a folder; give a file stem such as "
                      f"{settings.out / args.env}")

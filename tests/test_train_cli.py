@@ -55,7 +55,7 @@ def test_an_output_stem_that_is_a_folder_is_refused(tmp_path):
 
 
 def test_short_run_writes_all_four_files(tmp_path):
-    stem = tmp_path / "sub" / "run"
+    stem = tmp_path / "sub" / "run.weights.h5"  # a trailing .weights.h5 is dropped from the stem
     result = run_program("train.py", *QUICK, "--out", str(stem), "--no-early-stop")
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "sub" / "run.json").read_text())
