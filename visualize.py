@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -32,6 +32,9 @@ from common import (
     record_path_for,
     run_cli,
 )
+
+if TYPE_CHECKING:
+    from dqn_agent import DeepQLearning
 
 DEFAULT_WEIGHTS = Path("models/CartPole-v1.weights.h5")
 
@@ -141,7 +144,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     return args, record
 
 
-def record_video(agent: Any, env_id: str, args: argparse.Namespace) -> list[float]:
+def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) -> list[float]:
     """Play ``args.episodes`` greedy episodes into one mp4 at ``args.out``, written atomically.
 
     :return: each episode's return.
