@@ -39,7 +39,7 @@ from common import (
     run_cli,
     summarize,
 )
-from dqn_config import ConfigError, DQNConfig
+from dqn_config import LOSSES, ConfigError, DQNConfig
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
             hyper.add_argument(flag, type=int, nargs="+", metavar="UNITS", default=list(config_field.default),
                                help=doc)
         elif config_field.name == "loss":
-            hyper.add_argument(flag, choices=("mse", "huber"), default=config_field.default, help=doc)
+            hyper.add_argument(flag, choices=LOSSES, default=config_field.default, help=doc)
         else:
             hyper.add_argument(flag, type=type(config_field.default), default=config_field.default, help=doc)
     return parser
