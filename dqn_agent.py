@@ -158,9 +158,14 @@ class DeepQLearning:
         layers.append(keras.layers.Dense(self.num_actions, activation="linear"))
         return keras.Sequential(layers, name=name)
 
-    def refresh_acting_weights(self) -> None:
-        """Copy the main network's weights to NumPy for `q_values`; call after every weight change."""
-        self._acting_weights = self.main_network.get_weights()
+    def refresh_acting_weights(self, weights: list[np.ndarray] | None = None) -> None:
+        """Keep the main network's weights as NumPy (kernel, bias) pairs for `q_values`; call after every
+        weight change.
+
+        :param weights: the weights as arrays, if already at hand (default None: read them from the network).
+        """
+        weights = self.main_network.get_weights() if weights is None else weights
+        self._acting_layers = list(zip(weights[::2], weights[1::2], strict=True))
 
     def q_values(self, states: np.ndarray) -> np.ndarray:
         """Q(s, .; theta) for a batch of states, computed in NumPy from the main network's weights.
@@ -172,10 +177,9 @@ class DeepQLearning:
         :return: shape (B, num_actions).
         """
         activations = np.asarray(states, dtype=np.float32)
-        *hidden, output = zip(self._acting_weights[::2], self._acting_weights[1::2], strict=True)
-        for kernel, bias in hidden:
+        for kernel, bias in self._acting_layers[:-1]:
             activations = np.maximum(activations @ kernel + bias, 0.0)
-        kernel, bias = output
+        kernel, bias = self._acting_layers[-1]
         return activations @ kernel + bias
 
     # ---------------------------------------------------------------------------------- acting
@@ -297,7 +301,7 @@ class DeepQLearning:
         """
         batches = self.sample_batch(self.config.batch_size, num_gradient_steps)
         loss, weights = self._compiled_gradient_steps(Batch(*(tf.constant(field) for field in batches)))
-        self._acting_weights = [weight.numpy() for weight in weights]
+        self.refresh_acting_weights([weight.numpy() for weight in weights])
         return float(loss)
 
     @tf.function
