@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -15,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-
-from dqn_config import DQNConfig
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -86,36 +83,6 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
                         "observation of one dimension and Discrete actions, e.g. CartPole-v1, Acrobot-v1, "
                         "MountainCar-v0")
     return env
-
-
-def record_path_for(weights_path: Path) -> Path:
-    """``STEM.json`` for ``STEM.weights.h5``."""
-    return weights_path.with_name(weights_path.name.removesuffix(".weights.h5") + ".json")
-
-
-def read_training_record(weights_path: Path) -> dict:
-    """The ``STEM.json`` that `train.py` wrote beside ``STEM.weights.h5``, checked.
-
-    :return: the record, with ``env_id``, ``observation_size``, ``num_actions`` and ``config`` (a dict).
-    :raises UserError: if the weights or the record are missing, or the record is not one of train.py's.
-    """
-    if not weights_path.is_file():
-        raise UserError(f"no weights file at {weights_path}: check the path, or train an agent with "
-                        "`python train.py`")
-    record_path = record_path_for(weights_path)
-    if not record_path.is_file():
-        raise UserError(f"no {record_path.name} beside {weights_path}: train.py writes it with the weights, and it "
-                        "says which network and environment they belong to")
-    try:
-        record = json.loads(record_path.read_text())
-        DQNConfig.from_dict(record["config"])
-        for key, kind in (("env_id", str), ("observation_size", int), ("num_actions", int)):
-            if not isinstance(record[key], kind):
-                raise TypeError(f"{key} is not a {kind.__name__}")
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{record_path} is not a record written by train.py ({type(error).__name__}: {error})") \
-            from error
-    return record
 
 
 def reward_threshold(env_id: str) -> float | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LOSSES = ("mse", "huber")
+OPTIMIZERS = ("adam", "rmsprop")
 
 
 class ConfigError(ValueError):
@@ -40,7 +41,7 @@ class DQNConfig:
     """Hyperparameters of :class:`dqn_agent.DeepQLearning`; every instance is valid."""
 
     hidden_sizes: tuple[int, ...] = _param((64, 64), "units in each hidden ReLU layer of the Q-network")
-    learning_rate: float = _param(2.3e-3, "Adam step size")
+    learning_rate: float = _param(2.3e-3, "step size of the optimizer")
     gamma: float = _param(0.99, "discount factor of future rewards, in [0, 1]")
     buffer_size: int = _param(100_000, "capacity of the replay buffer, in transitions")
     batch_size: int = _param(64, "transitions sampled for each gradient step")
@@ -55,6 +56,7 @@ class DQNConfig:
     loss: str = _param("mse", "TD loss on the taken action's Q-value: mse or huber")
     double_dqn: bool = _param(True, "choose a' with the main network and value it with the target network")
     max_grad_norm: float = _param(10.0, "clip the global gradient norm to this value")
+    optimizer: str = _param("adam", "adam, or rmsprop as in the Nature paper (decay 0.95, epsilon 0.01, centred)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -74,8 +76,9 @@ class DQNConfig:
             raise ConfigError("tau", f"must be in (0, 1], got {self.tau}")
         if self.batch_size > self.buffer_size:
             raise ConfigError("batch_size", f"({self.batch_size}) must not exceed buffer_size ({self.buffer_size})")
-        if self.loss not in LOSSES:
-            raise ConfigError("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for name, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-ready values."""

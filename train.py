@@ -28,18 +28,20 @@ from typing import TYPE_CHECKING
 import gymnasium as gym
 import numpy as np
 
+from agent_files import describe, save_agent, weights_path
 from common import (
     OneLineErrorParser,
     atomic_write,
     atomic_write_text,
     ensure_writable_dir,
+    evaluate_policy,
     import_agent_class,
     make_env,
     reward_threshold,
     run_cli,
     summarize,
 )
-from dqn_config import LOSSES, ConfigError, DQNConfig
+from dqn_config import LOSSES, OPTIMIZERS, ConfigError, DQNConfig
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -85,11 +87,7 @@ class TrainingResult:
         return self.best_eval_step is not None
 
 
-def weights_path(stem: Path) -> Path:
-    return stem.with_name(stem.name + ".weights.h5")
-
-
-def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) -> TrainingResult:
+def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = True) -> TrainingResult:
     """The DQN training loop: act, remember, learn, update the target, evaluate, keep the best.
 
     Saves the best evaluated weights to ``STEM.weights.h5`` as they improve, and stops early once an
@@ -102,6 +100,7 @@ def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) ->
     from tqdm import tqdm
 
     config = agent.config
+    description = describe(agent, settings.env_id, settings.seed)
     env, eval_env = make_env(settings.env_id), make_env(settings.env_id)
     result = TrainingResult()
     start = time.perf_counter()
@@ -129,7 +128,7 @@ def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) ->
                 episode_return, episode_length = 0.0, 0
 
             if step > config.learning_starts and step % config.train_frequency == 0:
-                loss = agent.train(config.gradient_steps)
+                loss = agent.training_phase(config.gradient_steps)
                 if not math.isfinite(loss):
                     result.stop_reason = "loss diverged"
                     result.failure = (f"the loss became {loss} at step {step}: training stopped. Try a lower "
@@ -140,13 +139,14 @@ def train(agent: DeepQLearning, settings: RunSettings, progress: bool = True) ->
 
             if step % settings.eval_interval == 0 or step == settings.total_steps:
                 eval_start = time.perf_counter()
-                returns = agent.evaluate(eval_env, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
+                returns = evaluate_policy(eval_env, agent.greedy_action, settings.eval_episodes,
+                                          settings.seed + EVAL_SEED_OFFSET)
                 result.eval_seconds += time.perf_counter() - eval_start
                 last_eval = float(np.mean(returns))
                 last_eval_shown = f"{last_eval:.0f}"
                 result.evaluations.append({"step": step, "mean": last_eval, "std": float(np.std(returns))})
                 if last_eval > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
-                    agent.save(weights_path(settings.out))
+                    save_agent(agent, weights_path(settings.out), description)
                     result.best_eval_mean, result.best_eval_step = last_eval, step
                     result.best_weights_seconds = time.perf_counter() - start
                 if settings.reward_threshold is not None and last_eval >= settings.reward_threshold:
@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif config_field.name == "hidden_sizes":
             hyper.add_argument(flag, type=int, nargs="+", metavar="UNITS", default=list(config_field.default),
                                help=doc)
-        elif config_field.name == "loss":
-            hyper.add_argument(flag, choices=LOSSES, default=config_field.default, help=doc)
+        elif config_field.name in ("loss", "optimizer"):
+            choices = LOSSES if config_field.name == "loss" else OPTIMIZERS
+            hyper.add_argument(flag, choices=choices, default=config_field.default, help=doc)
         else:
             hyper.add_argument(flag, type=type(config_field.default), default=config_field.default, help=doc)
     return parser
@@ -283,14 +284,14 @@ def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, bool]:
 
 def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
     """Seed everything, then build the agent for the environment's observation and action sizes."""
-    deep_q_learning = import_agent_class()
+    agent_class = import_agent_class()
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(settings.seed)  # Python, NumPy and TensorFlow: same seed, same run
     tf.config.experimental.enable_op_determinism()
     env = make_env(settings.env_id)
-    agent = deep_q_learning(env.observation_space.shape[0], int(env.action_space.n), config, seed=settings.seed)
+    agent = agent_class(env.observation_space.shape, int(env.action_space.n), config, seed=settings.seed)
     env.close()
     return agent
 
@@ -299,7 +300,8 @@ def final_evaluation(agent: DeepQLearning, settings: RunSettings) -> np.ndarray:
     """Reload the saved best weights and play ``final_eval_episodes`` greedy episodes on fresh seeds."""
     agent.load(weights_path(settings.out))
     env = make_env(settings.env_id)
-    returns = agent.evaluate(env, settings.final_eval_episodes, settings.seed + FINAL_EVAL_SEED_OFFSET)
+    returns = evaluate_policy(env, agent.greedy_action, settings.final_eval_episodes,
+                              settings.seed + FINAL_EVAL_SEED_OFFSET)
     env.close()
     return returns
 
@@ -308,11 +310,7 @@ def run_record(agent: DeepQLearning, settings: RunSettings, result: TrainingResu
                final_returns: np.ndarray | None, argv: list[str]) -> dict:
     """The ``STEM.json`` record: enough to rebuild the agent, and how the run went."""
     record = {
-        "env_id": settings.env_id,
-        "observation_size": agent.observation_size,
-        "num_actions": agent.num_actions,
-        "config": agent.config.to_dict(),
-        "seed": settings.seed,
+        **describe(agent, settings.env_id, settings.seed),
         "command": shlex.join(["python", "train.py", *argv]),
         "run": {"total_steps": settings.total_steps, "eval_interval": settings.eval_interval,
                 "eval_episodes": settings.eval_episodes, "reward_threshold": settings.reward_threshold},
@@ -337,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings, config, progress = parse_args(argv)
     agent = build_agent(settings, config)
-    result = train(agent, settings, progress=progress)
+    result = run_training(agent, settings, progress=progress)
     stem, weights = settings.out, weights_path(settings.out)
     interrupted = result.stop_reason == "interrupted"
     if not result.weights_saved:

@@ -4,8 +4,8 @@
     python visualize.py --episodes 3 --overlay --gif     # Q-values drawn on every frame, and a GIF
     python visualize.py --weights models/run.weights.h5 --out videos/run.mp4
 
-The network and the environment are rebuilt from the ``STEM.json`` that `train.py` wrote beside the
-weights, so nothing needs repeating. Works headless. The weights file is only read.
+The network and the environment are rebuilt from the description that `train.py` saves inside the
+weights file, so nothing needs repeating. Works headless. The weights file is only read.
 """
 
 from __future__ import annotations
@@ -21,17 +21,8 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from common import (
-    OneLineErrorParser,
-    UserError,
-    atomic_write,
-    ensure_writable_dir,
-    import_agent_class,
-    make_env,
-    read_training_record,
-    record_path_for,
-    run_cli,
-)
+from agent_files import load_agent, read_description
+from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, make_env, run_cli
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -102,7 +93,7 @@ class QValueOverlay(gym.Wrapper):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description="Record a video of a trained DQN agent playing greedily.")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
-                        help="a STEM.weights.h5 written by train.py, with its STEM.json beside it")
+                        help="a STEM.weights.h5 written by train.py")
     parser.add_argument("--episodes", type=int, default=1, help="greedy episodes to play, all in one video")
     parser.add_argument("--out", type=Path, default=None, help="the mp4 to write (default: videos/STEM.mp4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode; the next use seed+1, ...")
@@ -114,11 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
-    """Check the flags and the saved files before TensorFlow is imported.
-
-    :return: the arguments and the training record (``STEM.json``).
-    """
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Check the flags and the weights file's description of its agent before TensorFlow is imported."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.episodes <= 0:
@@ -127,21 +115,21 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
         parser.error(f"argument --fps: must be positive, got {args.fps}")
     if not args.weights.name.endswith(".weights.h5"):
         parser.error(f"argument --weights: {args.weights} is not a .weights.h5 file written by train.py")
-    record = read_training_record(args.weights)
-    env_id = record["env_id"]
+    description = read_description(args.weights)
+    env_id = description["env_id"]
     env = make_env(env_id)
-    sizes = (env.observation_space.shape[0], int(env.action_space.n))
+    shapes = (list(env.observation_space.shape), int(env.action_space.n))
     env.close()
-    if sizes != (record["observation_size"], record["num_actions"]):
-        raise UserError(f"{record_path_for(args.weights)} does not match {env_id}: it says "
-                        f"{record['observation_size']} observations and {record['num_actions']} actions, the "
-                        f"environment has {sizes[0]} and {sizes[1]}")
+    if shapes != (description["observation_shape"], description["num_actions"]):
+        raise UserError(f"{args.weights} does not match {env_id}: it describes observations of shape "
+                        f"{description['observation_shape']} and {description['num_actions']} actions, the "
+                        f"environment has {shapes[0]} and {shapes[1]}")
     if args.out is None:
         args.out = Path("videos") / (args.weights.name.removesuffix(".weights.h5") + ".mp4")
     if args.out.suffix != ".mp4":
         parser.error(f"argument --out: {args.out} must end in .mp4")
     ensure_writable_dir(args.out.parent, "--out")
-    return args, record
+    return args
 
 
 def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) -> list[float]:
@@ -200,10 +188,9 @@ def write_gif(video: Path, gif: Path, width: int = 300, frame_step: int = 2, col
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, record = parse_args(argv)
-    deep_q_learning = import_agent_class()
-    agent, record = deep_q_learning.from_saved(args.weights)
-    returns = record_video(agent, record["env_id"], args)
+    args = parse_args(argv)
+    agent, description = load_agent(args.weights)
+    returns = record_video(agent, description["env_id"], args)
     for episode, episode_return in enumerate(returns):
         print(f"episode {episode} (seed {args.seed + episode}): return {episode_return:g}")
     print(f"wrote {args.out}")

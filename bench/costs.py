@@ -31,12 +31,12 @@ def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> floa
 
 
 def main() -> None:
-    deep_q_learning = import_agent_class()
+    agent_class = import_agent_class()
     import keras
 
     keras.utils.set_random_seed(0)
     env = make_env("CartPole-v1")
-    agent = deep_q_learning(env.observation_space.shape[0], int(env.action_space.n))
+    agent = agent_class(env.observation_space.shape, int(env.action_space.n))
     state, _ = env.reset(seed=0)
     for _ in range(35_000):
         action = agent.act(state, epsilon=1.0)
@@ -48,13 +48,14 @@ def main() -> None:
         ("`model.predict(state[None])`, one state", milliseconds(
             lambda: agent.main_network.predict(state[None], verbose=0), 20)),
         ("`model(state[None])`, eager, one state", milliseconds(lambda: agent.main_network(state[None]), 200)),
-        ("`greedy_action(state)`: NumPy copy of the weights", milliseconds(lambda: agent.greedy_action(state), 5000)),
+        ("`greedy_action(state)`: NumPy forward pass", milliseconds(lambda: agent.greedy_action(state), 5000)),
         ("`env.step(action)`, CartPole-v1", milliseconds(lambda: env.step(0) if env.step(0)[2] else env.reset(), 2000,
                                                          per=2)),
-        ("`sample_batch(64)` from the deque, one batch", milliseconds(lambda: agent.sample_batch(64), 500)),
-        ("`sample_batch(64, 128)`, per batch", milliseconds(lambda: agent.sample_batch(64, 128), 10, per=128)),
-        ("`train(1)`: one gradient step in its own call", milliseconds(lambda: agent.train(1), 500)),
-        ("`train(128)`, per gradient step (sampling included)", milliseconds(lambda: agent.train(128), 10, per=128)),
+        ("`sample(64)` from the deque, one batch", milliseconds(lambda: agent.sample(64), 500)),
+        ("`sample(64, 128)`, per batch", milliseconds(lambda: agent.sample(64, 128), 10, per=128)),
+        ("`training_phase(1)`: one gradient step in its own call", milliseconds(lambda: agent.training_phase(1), 500)),
+        ("`training_phase(128)`, per gradient step (sampling included)",
+         milliseconds(lambda: agent.training_phase(128), 10, per=128)),
         ("`update_target_network()`", milliseconds(agent.update_target_network, 500)),
     ]
     print(f"machine: {machine()}")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dqn_agent import DeepQLearning, masked_huber_loss, masked_mse_loss
+from dqn_agent import Batch, DeepQLearning, masked_huber_loss, masked_mse_loss
 from dqn_config import DQNConfig
+from networks import NumpyForward
 
 
 def small_agent(**overrides) -> DeepQLearning:
-    return DeepQLearning(observation_size=3, num_actions=2, config=DQNConfig(hidden_sizes=(8,), **overrides))
+    return DeepQLearning(observation_shape=(3,), num_actions=2, config=DQNConfig(**{"hidden_sizes": (8,), **overrides}))
 
 
 def test_masked_mse_counts_only_the_taken_action():
@@ -46,25 +48,31 @@ def set_constant_q(network: tf.keras.Model, q_per_action: list[float]) -> None:
     network.set_weights(weights)
 
 
-def test_td_target_stops_bootstrapping_only_on_termination():
+def constant_batch(rewards: list[float], terminated: list[float], actions: list[int]) -> Batch:
+    size = len(rewards)
+    return Batch(states=tf.zeros((size, 3)), actions=tf.constant(actions, tf.int32), rewards=tf.constant(rewards),
+                 next_states=tf.zeros((size, 3)), terminated=tf.constant(terminated))
+
+
+def test_train_step_bootstraps_through_truncation_and_stops_only_on_termination():
     agent = small_agent(gamma=0.9, double_dqn=False)
+    set_constant_q(agent.main_network, [0.0, 0.0])
     set_constant_q(agent.target_network, [2.0, 5.0])
-    rewards = tf.constant([1.0, 1.0])
-    terminated = tf.constant([1.0, 0.0])  # the second transition was cut by a time limit: not terminated
-    targets = agent.td_targets(rewards, tf.zeros((2, 3)), terminated).numpy()
-    np.testing.assert_allclose(targets, [1.0, 1.0 + 0.9 * 5.0])
+    # the second transition was cut by a time limit: not terminated, so y = 1 + 0.9 * max(2, 5)
+    loss = agent.train_step(constant_batch(rewards=[1.0, 1.0], terminated=[1.0, 0.0], actions=[0, 1]))
+    assert float(loss) == pytest.approx((1.0**2 + (1.0 + 0.9 * 5.0) ** 2) / 2)
 
 
 def test_double_dqn_target_values_the_main_networks_choice_with_the_target_network():
-    agent = small_agent(gamma=0.5, double_dqn=True)
-    set_constant_q(agent.main_network, [9.0, 1.0])  # main prefers action 0
-    set_constant_q(agent.target_network, [2.0, 5.0])  # target values action 0 at 2 (and would pick 1)
-    targets = agent.td_targets(tf.constant([1.0]), tf.zeros((1, 3)), tf.constant([0.0])).numpy()
-    np.testing.assert_allclose(targets, [1.0 + 0.5 * 2.0])
+    batch = constant_batch(rewards=[1.0], terminated=[0.0], actions=[1])
+    double = small_agent(gamma=0.5, double_dqn=True)
+    set_constant_q(double.main_network, [9.0, 1.0])  # main prefers action 0; Q(s, 1) = 1 enters the loss
+    set_constant_q(double.target_network, [2.0, 5.0])  # target values action 0 at 2 (and would pick 1)
+    assert float(double.train_step(batch)) == pytest.approx((1.0 + 0.5 * 2.0 - 1.0) ** 2)
     plain = small_agent(gamma=0.5, double_dqn=False)
+    set_constant_q(plain.main_network, [9.0, 1.0])
     set_constant_q(plain.target_network, [2.0, 5.0])
-    np.testing.assert_allclose(plain.td_targets(tf.constant([1.0]), tf.zeros((1, 3)), tf.constant([0.0])).numpy(),
-                               [1.0 + 0.5 * 5.0])
+    assert float(plain.train_step(batch)) == pytest.approx((1.0 + 0.5 * 5.0 - 1.0) ** 2)
 
 
 def test_hard_target_update_copies_the_main_network():
@@ -86,15 +94,17 @@ def test_soft_target_update_moves_tau_of_the_way():
     np.testing.assert_allclose(agent.target_network.get_weights()[-1], [1.75, 3.5])
 
 
-def test_gradient_step_moves_the_taken_actions_q_value_towards_the_target():
-    agent = small_agent(learning_rate=0.01, gamma=0.0)
-    states = np.ones((4, 3), dtype=np.float32)
-    before = agent.q_values(states)[0]
-    for _ in range(50):
-        agent.gradient_step(states, np.zeros(4, np.int32), np.full(4, 10.0, np.float32), states, np.ones(4, np.float32))
-    agent.refresh_acting_weights()
-    after = agent.q_values(states)[0]
-    assert abs(after[0] - 10.0) < abs(before[0] - 10.0) - 0.1
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_a_training_phase_moves_the_taken_actions_q_value_towards_the_target(optimizer):
+    agent = small_agent(learning_rate=0.01, gamma=0.0, batch_size=4, optimizer=optimizer)
+    state = np.ones(3, dtype=np.float32)
+    for _ in range(4):
+        agent.remember(state, 0, 10.0, state, True)
+    before = agent.q_values(state[None])[0]
+    loss = agent.training_phase(50)
+    after = agent.q_values(state[None])[0]
+    assert type(agent.optimizer).__name__.lower() == optimizer
+    assert loss > 0 and abs(after[0] - 10.0) < abs(before[0] - 10.0) - 0.1
 
 
 def test_replay_buffer_keeps_only_the_newest_transitions():
@@ -109,7 +119,7 @@ def test_sample_batch_stacks_transitions_into_arrays():
     agent = small_agent()
     for i in range(10):
         agent.remember(np.full(3, i, np.float32), i % 2, float(i), np.full(3, i + 1, np.float32), i == 9)
-    batch = agent.sample_batch(16, num_batches=4)
+    batch = agent.sample(16, num_batches=4)
     assert batch.states.shape == (4, 16, 3) and batch.next_states.shape == (4, 16, 3)
     assert batch.actions.shape == batch.rewards.shape == batch.terminated.shape == (4, 16)
     # each sampled row is one whole transition: next_state = state + 1, reward = state, terminated iff reward 9
@@ -128,8 +138,7 @@ def test_epsilon_decays_linearly_then_stays():
 
 def test_act_explores_at_rate_epsilon():
     agent = small_agent()
-    set_constant_q(agent.main_network, [0.0, 1.0])
-    agent.refresh_acting_weights()
+    set_constant_q(agent.main_network, [0.0, 1.0])  # acting sees the new weights with no refresh call
     state = np.zeros(3, np.float32)
     assert all(agent.act(state, 0.0) == 1 for _ in range(100))
     actions = [agent.act(state, 0.5) for _ in range(4000)]
@@ -137,10 +146,30 @@ def test_act_explores_at_rate_epsilon():
     assert actions.count(0) / len(actions) == pytest.approx(0.25, abs=0.03)
 
 
-def test_numpy_q_values_match_the_keras_network():
-    agent = small_agent()
+def assert_acting_matches_the_network(agent: DeepQLearning, states: np.ndarray) -> None:
+    np.testing.assert_allclose(agent.q_values(states), agent.main_network(states).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_acting_computes_the_networks_function_after_every_kind_of_weight_change(tmp_path):
+    agent = small_agent(hidden_sizes=(8, 8), batch_size=4)
     states = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
-    np.testing.assert_allclose(agent.q_values(states), agent.main_network(states).numpy(), rtol=1e-5, atol=1e-6)
+    assert_acting_matches_the_network(agent, states)
+    for i in range(8):
+        agent.remember(states[i % 5], i % 2, float(i), states[(i + 1) % 5], False)
+    agent.training_phase(20)
+    assert_acting_matches_the_network(agent, states)
+    agent.save(tmp_path / "a.weights.h5")
+    agent.main_network.set_weights([w + 0.5 for w in agent.main_network.get_weights()])
+    assert_acting_matches_the_network(agent, states)
+    agent.load(tmp_path / "a.weights.h5")
+    assert_acting_matches_the_network(agent, states)
+
+
+def test_the_numpy_forward_pass_is_read_off_the_network_not_written_again():
+    agent = small_agent(hidden_sizes=(8, 4))
+    layers = agent._numpy_forward.layers
+    assert [kernel.shape for kernel, _, _ in layers] == [(3, 8), (8, 4), (4, 2)]
+    assert not NumpyForward.supports(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="tanh")]))
 
 
 def test_save_then_load_gives_identical_q_values(tmp_path):
@@ -153,4 +182,3 @@ def test_save_then_load_gives_identical_q_values(tmp_path):
     other.load(path)
     np.testing.assert_array_equal(other.q_values(states), agent.q_values(states))
     np.testing.assert_array_equal(other.target_network(states).numpy(), agent.main_network(states).numpy())
-    assert [p.name for p in tmp_path.iterdir()] == ["agent.weights.h5"]  # no temporary file left behind

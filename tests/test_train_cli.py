@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_program
 
 import train
+from agent_files import load_agent
 from dqn_config import DQNConfig
 
 # a short run on a small network: enough to exercise every part of the loop in a few seconds
@@ -36,6 +37,7 @@ QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency"
     (["--batch-size", "512", "--buffer-size", "100"], ["--batch-size", "buffer_size"]),
     (["--gamma", "1.01"], ["--gamma", "[0, 1]"]),
     (["--gamma", "-0.1"], ["--gamma", "[0, 1]"]),
+    (["--optimizer", "sgd"], ["--optimizer", "invalid choice"]),
     (["--batch-size", "many"], ["--batch-size", "invalid int"]),
     (["--no-such-flag"], ["unrecognized"]),
 ])
@@ -95,9 +97,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(tmp_path):
     assert f"best weights so far are in {weights}" in stderr
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["stop_reason"] == "interrupted" and record["steps"] < 1_000_000
-    from dqn_agent import DeepQLearning
-
-    agent, _ = DeepQLearning.from_saved(weights)
+    agent, _ = load_agent(weights)
     assert agent.main_network.count_params() > 0
 
 
@@ -107,10 +107,8 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_weights(tmp_pat
                          "20", "--gradient-steps", "5", "--eval-interval", "100", "--eval-episodes", "1",
                          "--total-steps", "5000", "--hidden-sizes", "16", "--no-progress", "--out", str(stem))
     assert_one_line_error(result, "loss became", "learning-rate")
-    from dqn_agent import DeepQLearning
-
-    agent, record = DeepQLearning.from_saved(tmp_path / "run.weights.h5")
-    assert record["stop_reason"] == "loss diverged"
+    agent, _ = load_agent(tmp_path / "run.weights.h5")
+    assert json.loads((tmp_path / "run.json").read_text())["stop_reason"] == "loss diverged"
     assert np.isfinite(agent.q_values(np.zeros((1, 4), np.float32))).all()
 
 
@@ -126,7 +124,7 @@ def test_a_time_limit_truncation_is_stored_as_not_terminated(tmp_path):
     gym.register("ShortCartPole-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv", max_episode_steps=5)
     settings, config = quick_settings(tmp_path, env_id="ShortCartPole-v0", total_steps=200, eval_interval=200)
     agent = train.build_agent(settings, config)
-    result = train.train(agent, settings, progress=False)
+    result = train.run_training(agent, settings, progress=False)
     # random CartPole play lasts longer than 5 steps, so every episode here ends by truncation
     assert len(result.episodes) == 40 and all(e["length"] == 5 for e in result.episodes)
     assert not any(terminated for *_, terminated in agent.replay_buffer)
@@ -135,7 +133,7 @@ def test_a_time_limit_truncation_is_stored_as_not_terminated(tmp_path):
 def test_termination_is_stored_as_terminated(tmp_path):
     settings, config = quick_settings(tmp_path, total_steps=300, eval_interval=300)
     agent = train.build_agent(settings, config)
-    result = train.train(agent, settings, progress=False)
+    result = train.run_training(agent, settings, progress=False)
     assert sum(terminated for *_, terminated in agent.replay_buffer) == len(result.episodes) > 0
 
 
@@ -145,7 +143,7 @@ def test_same_seed_same_run(tmp_path):
         settings, config = quick_settings(tmp_path / name, seed=1 if name == "c" else 7)
         (tmp_path / name).mkdir()
         agent = train.build_agent(settings, config)
-        result = train.train(agent, settings, progress=False)
+        result = train.run_training(agent, settings, progress=False)
         runs.append(([e["return"] for e in result.episodes], agent.main_network.get_weights()))
     (returns_a, weights_a), (returns_b, weights_b), (returns_c, _) = runs
     assert returns_a == returns_b
@@ -160,7 +158,7 @@ def test_other_vector_observation_discrete_action_environments_train(tmp_path, e
                                                                      num_actions):
     settings, config = quick_settings(tmp_path, env_id=env_id, total_steps=600, eval_interval=600, eval_episodes=1)
     agent = train.build_agent(settings, config)
-    assert (agent.observation_size, agent.num_actions) == (observation_size, num_actions)
-    result = train.train(agent, settings, progress=False)
+    assert (agent.observation_shape, agent.num_actions) == ((observation_size,), num_actions)
+    result = train.run_training(agent, settings, progress=False)
     assert result.steps == 600 and len(result.evaluations) == 1
     assert (tmp_path / "run.weights.h5").exists()

@@ -8,11 +8,14 @@ import json
 import re
 import shutil
 
+import h5py
 import imageio.v2 as imageio
 import imageio_ffmpeg
 import numpy as np
 import pytest
 from conftest import ROOT, assert_one_line_error, run_program
+
+from agent_files import DESCRIPTION_ATTRIBUTE
 
 
 @pytest.fixture(scope="module")
@@ -78,31 +81,44 @@ def test_missing_weights_say_how_to_make_them(tmp_path):
     assert_one_line_error(result, "no weights file", "python train.py")
 
 
-def test_missing_json_is_refused(weights):
-    weights.with_name("agent.json").unlink()
-    assert_one_line_error(run_program("visualize.py", "--weights", str(weights)), "agent.json")
+def edited_copy(weights, change):
+    """A copy of the weights file with the description train.py saved inside it changed by `change`."""
+    edited = weights.with_name("edited.weights.h5")
+    shutil.copy(weights, edited)
+    with h5py.File(edited, "a") as file:
+        description = json.loads(file.attrs[DESCRIPTION_ATTRIBUTE])
+        change(description)
+        file.attrs[DESCRIPTION_ATTRIBUTE] = json.dumps(description)
+    return edited
 
 
-def test_json_of_another_environment_is_refused(weights):
-    record_path = weights.with_name("agent.json")
-    record = json.loads(record_path.read_text())
-    record["env_id"] = "Acrobot-v1"
-    record_path.write_text(json.dumps(record))
-    assert_one_line_error(run_program("visualize.py", "--weights", str(weights)), "does not match", "Acrobot-v1")
+def test_the_weights_file_alone_is_the_agent(weights, tmp_path):
+    weights.with_name("agent.json").unlink()  # the run's record is for people; loading never needs it
+    result = run_program("visualize.py", "--weights", str(weights), "--out", str(tmp_path / "v.mp4"))
+    assert result.returncode == 0, result.stderr
 
 
-def test_json_with_other_layer_sizes_is_refused(weights):
-    record_path = weights.with_name("agent.json")
-    record = json.loads(record_path.read_text())
-    record["config"]["hidden_sizes"] = [32, 32]
-    record_path.write_text(json.dumps(record))
-    assert_one_line_error(run_program("visualize.py", "--weights", str(weights)), "does not hold weights")
+def test_weights_without_a_description_are_refused(weights, tmp_path):
+    bare = tmp_path / "bare.weights.h5"
+    with h5py.File(weights) as source, h5py.File(bare, "w") as copy:
+        for name in source:
+            source.copy(name, copy)
+    assert_one_line_error(run_program("visualize.py", "--weights", str(bare)), "no 'dqn_agent' description")
+
+
+def test_a_description_of_another_environment_is_refused(weights):
+    edited = edited_copy(weights, lambda description: description.update(env_id="Acrobot-v1"))
+    assert_one_line_error(run_program("visualize.py", "--weights", str(edited)), "does not match", "Acrobot-v1")
+
+
+def test_a_description_with_other_layer_sizes_is_refused(weights):
+    edited = edited_copy(weights, lambda description: description["config"].update(hidden_sizes=[32, 32]))
+    assert_one_line_error(run_program("visualize.py", "--weights", str(edited)), "does not hold weights")
 
 
 def test_truncated_weights_are_refused(weights, tmp_path):
     broken = tmp_path / "broken.weights.h5"
     broken.write_bytes(weights.read_bytes()[:2000])
-    shutil.copy(weights.with_name("agent.json"), tmp_path / "broken.json")
     assert_one_line_error(run_program("visualize.py", "--weights", str(broken)), "does not hold weights")
 
 
