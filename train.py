@@ -21,6 +21,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,19 +43,26 @@ from common import (
     summarize,
 )
 from dqn_config import LOSSES, OPTIMIZERS, ConfigError, DQNConfig
+from presets import PRESETS_DIR, RUN_FIELDS, Preset, PresetError, all_presets, find_preset, read_preset
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
 
-# Evaluation episodes start from their own seeds, apart from training's; the final evaluation
-# uses other seeds again, so the score it reports is not the one the best weights were chosen on.
+# Evaluation episodes start from their own seeds, apart from training's; confirmations and the final
+# evaluation use other seeds again, so the score the final evaluation reports is not the one the best
+# weights were chosen on.
 EVAL_SEED_OFFSET = 100_000
 FINAL_EVAL_SEED_OFFSET = 200_000
+CONFIRM_SEED_OFFSET = 300_000
 
 
 @dataclass
 class RunSettings:
-    """How long to train, how to evaluate, and where to write; not hyperparameters of the agent."""
+    """How long to train, how to evaluate, and where to write; not hyperparameters of the agent.
+
+    `reward_threshold` is the early-stop target: an evaluation that reaches it is confirmed on
+    `confirm_episodes` more episodes, and the run stops only if that confirmation reaches it too.
+    """
 
     env_id: str = "CartPole-v1"
     seed: int = 0
@@ -62,6 +70,7 @@ class RunSettings:
     eval_interval: int = 2_500
     eval_episodes: int = 20
     final_eval_episodes: int = 100
+    confirm_episodes: int = 100
     reward_threshold: float | None = None
     out: Path = Path("models/CartPole-v1")
 
@@ -75,6 +84,7 @@ class TrainingResult:
     episodes: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
     best_eval_mean: float = -math.inf
+    best_eval_confirmed: bool = False
     best_eval_step: int | None = None
     best_weights_seconds: float | None = None
     eval_seconds: float = 0.0
@@ -90,8 +100,9 @@ class TrainingResult:
 def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = True) -> TrainingResult:
     """The DQN training loop: act, remember, learn, update the target, evaluate, keep the best.
 
-    Saves the best evaluated weights to ``STEM.weights.h5`` as they improve, and stops early once an
-    evaluation reaches ``settings.reward_threshold``. Ctrl-C stops the loop and keeps what it has.
+    Saves the best evaluated weights to ``STEM.weights.h5`` as they improve (scored by their
+    confirmation where they have one), and stops early once an evaluation reaches
+    ``settings.reward_threshold`` and its confirmation does too. Ctrl-C stops the loop and keeps what it has.
 
     :param agent: a freshly built agent.
     :param settings: the run's environment, length, evaluation and output stem.
@@ -139,19 +150,21 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
 
             if step % settings.eval_interval == 0 or step == settings.total_steps:
                 eval_start = time.perf_counter()
-                returns = evaluate_policy(eval_env, agent.greedy_action, settings.eval_episodes,
-                                          settings.seed + EVAL_SEED_OFFSET)
+                evaluation = evaluate_checkpoint(agent.greedy_action, eval_env, settings, step)
                 result.eval_seconds += time.perf_counter() - eval_start
-                last_eval = float(np.mean(returns))
-                last_eval_shown = f"{last_eval:.0f}"
-                result.evaluations.append({"step": step, "mean": last_eval, "std": float(np.std(returns))})
-                if last_eval > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
+                result.evaluations.append(evaluation)
+                last_eval_shown = f"{evaluation['mean']:.0f}"
+                confirmed = "confirmation_mean" in evaluation
+                score = evaluation["confirmation_mean"] if confirmed else evaluation["mean"]
+                if score > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
                     save_agent(agent, weights_path(settings.out), description)
-                    result.best_eval_mean, result.best_eval_step = last_eval, step
+                    result.best_eval_mean, result.best_eval_step = score, step
+                    result.best_eval_confirmed = confirmed
                     result.best_weights_seconds = time.perf_counter() - start
-                if settings.reward_threshold is not None and last_eval >= settings.reward_threshold:
+                if confirmed and score >= settings.reward_threshold:
                     result.solved_step = step
-                    result.stop_reason = f"solved: evaluation reached {settings.reward_threshold:g}"
+                    result.stop_reason = (f"solved: evaluation reached {settings.reward_threshold:g}, confirmed over "
+                                          f"{settings.confirm_episodes} episodes")
                     break
             bar.update(1)
     except KeyboardInterrupt:
@@ -163,6 +176,23 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
     result.steps = step
     result.seconds = time.perf_counter() - start
     return result
+
+
+def evaluate_checkpoint(policy: Callable[[np.ndarray], int], env: gym.Env, settings: RunSettings, step: int) -> dict:
+    """A greedy evaluation of `settings.eval_episodes` episodes; if it reaches the early-stop target, a
+    confirmation on `settings.confirm_episodes` more episodes from other starts, because a short
+    evaluation that reads 500 can hide a policy that fails one start in ten.
+
+    :param policy: the greedy action in a state (e.g. ``agent.greedy_action``).
+    :return: ``step``, ``mean`` and ``std``, and ``confirmation_mean`` and ``confirmation_std`` if confirmed.
+    """
+    returns = evaluate_policy(env, policy, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
+    evaluation = {"step": step, "mean": float(np.mean(returns)), "std": float(np.std(returns))}
+    if settings.reward_threshold is not None and evaluation["mean"] >= settings.reward_threshold:
+        confirmation = evaluate_policy(env, policy, settings.confirm_episodes,
+                                       settings.seed + CONFIRM_SEED_OFFSET)
+        evaluation.update(confirmation_mean=float(np.mean(confirmation)), confirmation_std=float(np.std(confirmation)))
+    return evaluation
 
 
 def write_history(stem: Path, result: TrainingResult, threshold: float | None) -> None:
@@ -177,7 +207,9 @@ def write_history(stem: Path, result: TrainingResult, threshold: float | None) -
     writer.writerow(["kind", "step", "return", "return_std", "episode_length", "epsilon"])
     for row in sorted([("episode", e["step"], e["return"], "", e["length"], round(e["epsilon"], 4))
                        for e in result.episodes]
-                      + [("evaluation", e["step"], e["mean"], e["std"], "", 0.0) for e in result.evaluations],
+                      + [("evaluation", e["step"], e["mean"], e["std"], "", 0.0) for e in result.evaluations]
+                      + [("confirmation", e["step"], e["confirmation_mean"], e["confirmation_std"], "", 0.0)
+                         for e in result.evaluations if "confirmation_mean" in e],
                       key=lambda row: row[1]):
         writer.writerow(row)
     atomic_write_text(stem.with_name(stem.name + ".csv"), table.getvalue())
@@ -194,6 +226,10 @@ def write_history(stem: Path, result: TrainingResult, threshold: float | None) -
         axes.errorbar([e["step"] for e in result.evaluations], [e["mean"] for e in result.evaluations],
                       yerr=[e["std"] for e in result.evaluations], color="tab:orange", marker="o", capsize=3,
                       label="greedy evaluation (mean ± std)")
+        confirmations = [e for e in result.evaluations if "confirmation_mean" in e]
+        if confirmations:
+            axes.plot([e["step"] for e in confirmations], [e["confirmation_mean"] for e in confirmations], "D",
+                      color="tab:red", label="confirmation on other starts")
     if threshold is not None:
         axes.axhline(threshold, color="tab:green", linestyle="--", label=f"solved ({threshold:g})")
     axes.set(xlabel="environment step", ylabel="return", title=stem.name)
@@ -212,74 +248,112 @@ def library_versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ the command
+class ListPresets(argparse.Action):
+    """``--list-presets``: print every preset and exit, as ``--help`` does."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{'preset file':<28}{'environments':<18}{'steps':>8}  where the numbers come from")
+        for preset in all_presets():
+            print(f"{'presets/' + preset.path.name:<28}{', '.join(preset.env_ids):<18}"
+                  f"{preset.run.get('total_steps', ''):>8}  {preset.source.get('from', '')}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Run flags, then one flag per field of DQNConfig, its help taken from the field's doc."""
-    parser = OneLineErrorParser(description="Train a DQN agent and save its best evaluated weights.")
+    """Run flags, then one flag per field of DQNConfig, its help taken from the field's doc.
+
+    Every flag a preset can set defaults to None, so that only the flags given on the command line
+    override the preset; the help shows the value used when neither says otherwise.
+    """
+    parser = OneLineErrorParser(description="Train a DQN agent and save its best evaluated weights. The "
+                                "environment's preset (presets/*.toml) sets its steps and hyperparameters; a flag "
+                                "given here overrides that one value.")
     defaults = RunSettings()
     run = parser.add_argument_group("run")
     run.add_argument("--env", default=defaults.env_id, help="Gymnasium environment id (vector observation, "
                      "discrete actions)")
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the whole run")
-    run.add_argument("--total-steps", type=int, default=defaults.total_steps, help="environment steps at most")
-    run.add_argument("--eval-interval", type=int, default=defaults.eval_interval,
-                     help="environment steps between two greedy evaluations")
-    run.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes,
-                     help="episodes per greedy evaluation")
-    run.add_argument("--final-eval-episodes", type=int, default=defaults.final_eval_episodes,
-                     help="episodes of the final evaluation of the saved weights")
+    run.add_argument("--preset", type=Path, default=None,
+                     help="a preset file to use instead of the environment's own (see --list-presets)")
+    run.add_argument("--list-presets", action=ListPresets, help="list the presets and exit")
+    for name, doc in (("total_steps", "environment steps at most"),
+                      ("eval_interval", "environment steps between two greedy evaluations"),
+                      ("eval_episodes", "episodes per greedy evaluation"),
+                      ("confirm_episodes", "episodes of the confirmation of an evaluation that reaches the "
+                       "early-stop target, on other starts"),
+                      ("final_eval_episodes", "episodes of the final evaluation of the saved weights")):
+        run.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                         help=f"{doc} (default: the preset's, else {getattr(defaults, name)})")
     run.add_argument("--reward-threshold", type=float, default=None,
-                     help="stop once an evaluation's mean return reaches this (default: the environment's "
-                     "registered threshold, 475 for CartPole-v1)")
+                     help="early-stop target: stop once an evaluation's mean return reaches it and its confirmation "
+                     "does too (default: the preset's, else the environment's registered threshold, 475 for "
+                     "CartPole-v1)")
     run.add_argument("--no-early-stop", action="store_true", help="train for all --total-steps")
     run.add_argument("--out", type=Path, default=None,
                      help="output stem: writes STEM.weights.h5, .json, .csv and .png (default: models/ENV_ID; a "
                      "trailing .weights.h5 is dropped)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    hyper = parser.add_argument_group("hyperparameters (DQNConfig)")
+    hyper = parser.add_argument_group("hyperparameters (DQNConfig; default: the preset's, else the value shown)")
     for config_field in dataclasses.fields(DQNConfig):
         flag = "--" + config_field.name.replace("_", "-")
-        doc = config_field.metadata["doc"]
+        default = config_field.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        doc = f"{config_field.metadata['doc']} ({shown})"
         if config_field.type == "bool":
-            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=config_field.default, help=doc)
+            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif config_field.name == "hidden_sizes":
-            hyper.add_argument(flag, type=int, nargs="+", metavar="UNITS", default=list(config_field.default),
-                               help=doc)
+            hyper.add_argument(flag, type=int, nargs="+", metavar="UNITS", default=None, help=doc)
         elif config_field.name in ("loss", "optimizer"):
             choices = LOSSES if config_field.name == "loss" else OPTIMIZERS
-            hyper.add_argument(flag, choices=choices, default=config_field.default, help=doc)
+            hyper.add_argument(flag, choices=choices, default=None, help=doc)
         else:
-            hyper.add_argument(flag, type=type(config_field.default), default=config_field.default, help=doc)
+            hyper.add_argument(flag, type=type(default), default=None, help=doc)
     return parser
 
 
-def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, bool]:
-    """Parse and check every flag; no TensorFlow is imported yet.
+def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, Preset | None, bool]:
+    """Parse and check every flag, and take the environment's preset under them; no TensorFlow is imported yet.
 
-    :return: the run settings, the agent's configuration, and whether to show a progress bar.
+    :return: the run settings, the agent's configuration, the preset used, and whether to show a progress bar.
+    :raises PresetError: for a preset file that cannot be used.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        config = DQNConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DQNConfig)})
-    except ConfigError as error:
-        parser.error(f"argument --{error.name.replace('_', '-')}: {error.problem}")
-    for name in ("total_steps", "eval_interval", "eval_episodes", "final_eval_episodes"):
-        if getattr(args, name) <= 0:
-            parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    given = {name: value for name, value in vars(args).items() if value is not None}
     make_env(args.env).close()
-    threshold = None if args.no_early_stop else (
-        args.reward_threshold if args.reward_threshold is not None else reward_threshold(args.env))
-    settings = RunSettings(env_id=args.env, seed=args.seed, total_steps=args.total_steps,
-                           eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
-                           final_eval_episodes=args.final_eval_episodes, reward_threshold=threshold,
-                           out=Path("models") / args.env if args.out is None else
-                           args.out.with_name(args.out.name.removesuffix(".weights.h5")))
+    preset = read_preset(args.preset) if args.preset is not None else find_preset(args.env)
+    if preset is None:
+        print(f"train.py: no preset for {args.env}: using the CartPole-v1 defaults (--list-presets shows the "
+              "presets)", file=sys.stderr)
+    config_fields = [f.name for f in dataclasses.fields(DQNConfig)]
+    try:
+        config = DQNConfig(**{**(preset.config if preset else {}),
+                              **{name: given[name] for name in config_fields if name in given}})
+    except ConfigError as error:
+        if error.name not in given and preset is not None:
+            raise PresetError(preset.path, f"config.{error.name}", error.problem) from error
+        parser.error(f"argument --{error.name.replace('_', '-')}: {error.problem}")
+    run = {**dataclasses.asdict(RunSettings()), **(preset.run if preset else {}),
+           **{name: given[name] for name in RUN_FIELDS if name in given}}
+    for name in ("total_steps", "eval_interval", "eval_episodes", "confirm_episodes", "final_eval_episodes"):
+        if run[name] <= 0:
+            parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {run[name]}")
+    if args.no_early_stop:
+        run["reward_threshold"] = None
+    elif run["reward_threshold"] is None:
+        run["reward_threshold"] = reward_threshold(args.env)
+    settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed,
+                              "out": Path("models") / args.env if args.out is None else
+                              args.out.with_name(args.out.name.removesuffix(".weights.h5"))})
     if settings.out.name in ("", ".", "..") or settings.out.is_dir():
         parser.error(f"argument --out: {settings.out} is a folder; give a file stem such as "
                      f"{settings.out / args.env}")
     ensure_writable_dir(settings.out.parent, "--out")
-    return settings, config, not args.no_progress
+    return settings, config, preset, not args.no_progress
 
 
 def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
@@ -306,19 +380,21 @@ def final_evaluation(agent: DeepQLearning, settings: RunSettings) -> np.ndarray:
     return returns
 
 
-def run_record(agent: DeepQLearning, settings: RunSettings, result: TrainingResult,
+def run_record(agent: DeepQLearning, settings: RunSettings, preset: Preset | None, result: TrainingResult,
                final_returns: np.ndarray | None, argv: list[str]) -> dict:
     """The ``STEM.json`` record: enough to rebuild the agent, and how the run went."""
     record = {
         **describe(agent, settings.env_id, settings.seed),
         "command": shlex.join(["python", "train.py", *argv]),
-        "run": {"total_steps": settings.total_steps, "eval_interval": settings.eval_interval,
-                "eval_episodes": settings.eval_episodes, "reward_threshold": settings.reward_threshold},
+        "preset": preset and {"name": preset.name, "file": f"presets/{preset.path.name}"
+                              if preset.path.parent == PRESETS_DIR else str(preset.path), "source": preset.source},
+        "run": {name: getattr(settings, name) for name in RUN_FIELDS},
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "eval_seconds": round(result.eval_seconds, 2),
         "stop_reason": result.stop_reason,
         "best_eval": {"step": result.best_eval_step, "mean": result.best_eval_mean,
+                      "confirmed": result.best_eval_confirmed,
                       "seconds": result.best_weights_seconds and round(result.best_weights_seconds, 2)},
         "solved_step": result.solved_step,
         "evaluations": result.evaluations,
@@ -333,7 +409,7 @@ def run_record(agent: DeepQLearning, settings: RunSettings, result: TrainingResu
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    settings, config, progress = parse_args(argv)
+    settings, config, preset, progress = parse_args(argv)
     agent = build_agent(settings, config)
     result = run_training(agent, settings, progress=progress)
     stem, weights = settings.out, weights_path(settings.out)
@@ -346,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if not interrupted and result.failure is None:
         final_returns = final_evaluation(agent, settings)
     atomic_write_text(stem.with_name(stem.name + ".json"),
-                      json.dumps(run_record(agent, settings, result, final_returns, argv), indent=2) + "\n")
+                      json.dumps(run_record(agent, settings, preset, result, final_returns, argv), indent=2) + "\n")
     write_history(stem, result, settings.reward_threshold)
 
     print(f"{settings.env_id}: {result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s "

@@ -1,17 +1,18 @@
-"""How reliably and how fast the agent learns CartPole-v1, seed by seed, optionally beside Stable-Baselines3.
+"""How reliably and how fast the agent learns an environment, seed by seed, optionally beside Stable-Baselines3.
 
-    python -m bench.learning                  # this project's DQN, seeds 0 to 4
-    python -m bench.learning --sb3            # and SB3's tuned DQN, interleaved seed by seed
-    python -m bench.learning --env Acrobot-v1 --seeds 0 1 2
+    python -m bench.learning                              # CartPole-v1, this project's DQN, seeds 0 to 4
+    python -m bench.learning --sb3                        # and SB3's DQN with the RL-Zoo's settings, interleaved
+    python -m bench.learning --env LunarLander-v3 --sb3 --sb3-budget zoo
 
-Each run is the real command (``python train.py --seed N``; ``python -m bench.sb3_dqn --seed N``)
-under ``/usr/bin/time -v``, one at a time. Both follow one protocol: a 20-episode greedy evaluation
-every 2,500 steps by the same code on the same episode seeds, the best evaluated weights kept, a stop
-once an evaluation reaches the reward threshold (475), at most 50,000 steps, and a final 100-episode
-evaluation of the kept weights on other seeds. A seed counts as solved when that final mean is at
-least the threshold. Prints a table per seed and the medians; writes ``learning.json`` and a plot of
-every seed's evaluation curve, ``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other
-environments).
+Each run is the real command (``python train.py --env ENV --seed N``; ``python -m bench.sb3_dqn ...``)
+under ``/usr/bin/time -v``, one at a time. Both follow one protocol, the environment's preset's run
+settings: a greedy evaluation every ``eval_interval`` steps by the same code on the same episode seeds,
+a 100-episode confirmation on other starts of any evaluation that reaches the early-stop target, the
+best evaluated weights kept, a stop once a confirmation reaches the target, at most the preset's
+``total_steps``, and a final 100-episode evaluation of the kept weights on other seeds again. A seed
+counts as solved when that final mean reaches the environment's registered threshold. Prints a table
+per seed and the medians; writes ``learning.json`` and a plot of every seed's evaluation curve,
+``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other environments).
 """
 
 from __future__ import annotations
@@ -22,20 +23,22 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench.sb3_dqn import RL_ZOO
 from bench.timed import machine, run_timed
 from common import reward_threshold
 
 AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN, RL-Zoo settings"}
 
 
-def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str]) -> dict:
+def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], sb3_budget: str) -> dict:
     """Train one seed of one agent; return its row of the table."""
     record_path = runs / f"{agent}-{env_id}-{seed}.json"
     if agent == "dqn":
         timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(record_path.with_suffix("")),
                           "--no-progress", *extra)
     else:
-        timed = run_timed("-m", "bench.sb3_dqn", "--seed", str(seed), "--out", str(record_path))
+        timed = run_timed("-m", "bench.sb3_dqn", "--env", env_id, "--seed", str(seed), "--budget", sb3_budget,
+                          "--out", str(record_path))
     if timed.returncode != 0:
         sys.exit(f"bench: {agent} seed {seed} failed:\n{timed.stderr[-2000:]}")
     record = json.loads(record_path.read_text())
@@ -95,17 +98,19 @@ def plot(rows: list[dict], threshold: float, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Seeds of training, beside SB3 on CartPole-v1 if asked.")
+    parser = argparse.ArgumentParser(description="Seeds of training, beside SB3 with the RL-Zoo's settings if asked.")
     parser.add_argument("--env", default="CartPole-v1", help="an environment with a registered reward threshold")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--sb3", action="store_true", help="also run SB3's tuned CartPole-v1 DQN (needs "
-                        "bench/requirements-sb3.txt)")
+    parser.add_argument("--sb3", action="store_true", help="also run SB3's DQN with the RL-Zoo's settings for --env "
+                        "(needs bench/requirements-sb3.txt)")
+    parser.add_argument("--sb3-budget", choices=["preset", "zoo"], default="preset",
+                        help="SB3's steps at most: the preset's (as ours) or the Zoo's n_timesteps")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("train_flags", nargs="*", help="extra flags for train.py, after --")
     args = parser.parse_args()
     threshold = reward_threshold(args.env)
-    if threshold is None or (args.sb3 and args.env != "CartPole-v1"):
-        parser.error("--env needs a registered reward threshold, and --sb3 goes with CartPole-v1 only")
+    if threshold is None or (args.sb3 and args.env not in RL_ZOO):
+        parser.error(f"--env needs a registered reward threshold, and --sb3 one of {', '.join(RL_ZOO)}")
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     agents = ["dqn", "sb3"] if args.sb3 else ["dqn"]
@@ -113,7 +118,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for agent in agents:  # interleaved, so that a change in the machine's load hits both alike
-            rows.append(run_seed(agent, args.env, seed, runs, args.train_flags))
+            rows.append(run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget))
             row = rows[-1]
             print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
                   file=sys.stderr, flush=True)

@@ -1,15 +1,21 @@
-"""Stable-Baselines3's DQN with the RL-Zoo's tuned CartPole-v1 hyperparameters, trained and scored under
-exactly the protocol of ``train.py``: greedy evaluations by the same `common.evaluate_policy` on the
-same episode seeds, the best evaluated weights kept, early stop at the reward threshold, and a final
-100-episode evaluation of the kept weights. Writes a JSON record with the same keys as train.py's.
+"""Stable-Baselines3's DQN with the RL-Zoo's tuned hyperparameters for an environment, trained and scored
+under exactly the protocol of ``train.py`` with that environment's preset: the preset's step budget,
+evaluation interval and early-stop target, greedy evaluations (and their 100-episode confirmations)
+by the same `train.evaluate_checkpoint` on the same episode seeds, the best evaluated weights kept, and a
+final 100-episode evaluation of the kept weights. Writes a JSON record with the same keys as train.py's.
 
-    python -m bench.sb3_dqn --seed 0 --out bench/results/runs/sb3-0.json
+    python -m bench.sb3_dqn --env CartPole-v1 --seed 0 --out bench/results/runs/sb3-0.json
+    python -m bench.sb3_dqn --env LunarLander-v3 --budget zoo --seed 0 --out /tmp/sb3.json
+
+The Zoo's exploration schedule is kept in environment steps whatever the budget (SB3 states it as a
+fraction of the budget).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -17,19 +23,33 @@ from pathlib import Path
 import numpy as np
 
 from common import evaluate_policy, make_env, reward_threshold
-from train import EVAL_SEED_OFFSET, FINAL_EVAL_SEED_OFFSET, RunSettings
+from presets import find_preset
+from train import FINAL_EVAL_SEED_OFFSET, RunSettings, evaluate_checkpoint
 
-# rl-baselines3-zoo, hyperparams/dqn.yml, CartPole-v1
-RL_ZOO_CARTPOLE = {
-    "learning_rate": 2.3e-3, "batch_size": 64, "buffer_size": 100_000, "learning_starts": 1000, "gamma": 0.99,
-    "target_update_interval": 10, "train_freq": 256, "gradient_steps": 128, "exploration_fraction": 0.16,
-    "exploration_final_eps": 0.04, "policy_kwargs": {"net_arch": [256, 256]},
+# rl-baselines3-zoo, hyperparams/dqn.yml: n_timesteps, and the arguments of stable_baselines3.DQN
+_CLASSIC = {"learning_rate": 6.3e-4, "batch_size": 128, "buffer_size": 50_000, "learning_starts": 0, "gamma": 0.99,
+            "target_update_interval": 250, "train_freq": 4, "gradient_steps": -1, "exploration_fraction": 0.12,
+            "exploration_final_eps": 0.1, "policy_kwargs": {"net_arch": [256, 256]}}
+RL_ZOO: dict[str, tuple[int, dict]] = {
+    "CartPole-v1": (50_000, {
+        "learning_rate": 2.3e-3, "batch_size": 64, "buffer_size": 100_000, "learning_starts": 1000, "gamma": 0.99,
+        "target_update_interval": 10, "train_freq": 256, "gradient_steps": 128, "exploration_fraction": 0.16,
+        "exploration_final_eps": 0.04, "policy_kwargs": {"net_arch": [256, 256]}}),
+    "Acrobot-v1": (100_000, _CLASSIC),
+    "LunarLander-v3": (100_000, _CLASSIC),
+    "MountainCar-v0": (120_000, {
+        "learning_rate": 4e-3, "batch_size": 128, "buffer_size": 10_000, "learning_starts": 1000, "gamma": 0.98,
+        "target_update_interval": 600, "train_freq": 16, "gradient_steps": 8, "exploration_fraction": 0.2,
+        "exploration_final_eps": 0.07, "policy_kwargs": {"net_arch": [256, 256]}}),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="CartPole-v1", choices=sorted(RL_ZOO))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", choices=["preset", "zoo"], default="preset",
+                        help="steps at most: the preset's, as this project's agent gets, or the Zoo's n_timesteps")
     parser.add_argument("--out", type=Path, required=True, help="the JSON record to write")
     args = parser.parse_args()
 
@@ -37,35 +57,47 @@ def main() -> None:
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
 
-    settings = RunSettings(seed=args.seed, reward_threshold=reward_threshold(RunSettings.env_id))
+    zoo_steps, hyperparameters = RL_ZOO[args.env]
+    preset = find_preset(args.env)
+    run = {**dataclasses.asdict(RunSettings()), **preset.run}
+    if args.budget == "zoo":
+        run["total_steps"] = zoo_steps
+    if run["reward_threshold"] is None:
+        run["reward_threshold"] = reward_threshold(args.env)
+    settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed})
+    hyperparameters = {**hyperparameters, "exploration_fraction":
+                       hyperparameters["exploration_fraction"] * zoo_steps / settings.total_steps}
     env, eval_env = make_env(settings.env_id), make_env(settings.env_id)
-    model = DQN("MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0, **RL_ZOO_CARTPOLE)
+    model = DQN("MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0, **hyperparameters)
 
     def greedy(state: np.ndarray) -> int:
         return int(model.predict(state, deterministic=True)[0])
 
     record = {"env_id": settings.env_id, "seed": settings.seed, "agent": "stable-baselines3 DQN (RL-Zoo)",
+              "hyperparameters": hyperparameters, "run": dataclasses.asdict(settings) | {"out": None},
               "evaluations": [], "solved_step": None, "eval_seconds": 0.0,
               "best_eval": {"step": None, "mean": -np.inf, "seconds": None}}
     best_policy: dict = {}
     start = time.perf_counter()
 
     class Protocol(BaseCallback):
-        """Evaluate every eval_interval steps, keep the best policy, stop at the threshold."""
+        """Evaluate every eval_interval steps, keep the best policy, stop at a confirmed early-stop target."""
 
         def _on_step(self) -> bool:
             step = self.num_timesteps
             if step % settings.eval_interval and step != settings.total_steps:
                 return True
             eval_start = time.perf_counter()
-            returns = evaluate_policy(eval_env, greedy, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
+            evaluation = evaluate_checkpoint(greedy, eval_env, settings, step)
             record["eval_seconds"] += time.perf_counter() - eval_start
-            mean = float(np.mean(returns))
-            record["evaluations"].append({"step": step, "mean": mean, "std": float(np.std(returns))})
-            if mean > record["best_eval"]["mean"]:
+            record["evaluations"].append(evaluation)
+            confirmed = "confirmation_mean" in evaluation
+            score = evaluation["confirmation_mean"] if confirmed else evaluation["mean"]
+            if score > record["best_eval"]["mean"]:
                 best_policy["state"] = copy.deepcopy(model.policy.state_dict())
-                record["best_eval"] = {"step": step, "mean": mean, "seconds": round(time.perf_counter() - start, 2)}
-            if mean >= settings.reward_threshold:
+                record["best_eval"] = {"step": step, "mean": score, "confirmed": confirmed,
+                                       "seconds": round(time.perf_counter() - start, 2)}
+            if confirmed and score >= settings.reward_threshold:
                 record["solved_step"] = step
                 return False
             return True
@@ -81,7 +113,7 @@ def main() -> None:
     record["versions"] = {"stable_baselines3": __import__("stable_baselines3").__version__,
                           "torch": torch.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
