@@ -1,4 +1,4 @@
-"""What `train.py`, `visualize.py` and `bench/` share: supported environments, atomic file writes,
+"""What `train.py`, `visualize.py` and `bench/` share: greedy evaluation, atomic file writes,
 and turning a user's mistake into one clear line on stderr. No TensorFlow is imported here."""
 
 from __future__ import annotations
@@ -50,44 +50,6 @@ def import_agent_class() -> type[DeepQLearning]:
         tf.config.list_physical_devices()  # device discovery is what prints the CUDA line
         from dqn_agent import DeepQLearning
     return DeepQLearning
-
-
-def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """``gymnasium.make(env_id)``, accepted only with a vector observation and discrete actions.
-
-    :raises UserError: for an unknown id or an environment DQN here cannot handle.
-    """
-    if render_mode == "rgb_array":
-        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames only, no window: SDL needs no display
-    try:
-        env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.DependencyNotInstalled as error:
-        raise UserError(f"environment {env_id!r} needs a package that is not installed: {error}") from error
-    except (gym.error.Error, ImportError) as error:
-        raise UserError(f"unknown environment {env_id!r} ({error}); try CartPole-v1, Acrobot-v1 or "
-                        "MountainCar-v0") from error
-    except Exception as error:  # the environment's own constructor failed
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise UserError(f"could not create environment {env_id!r}: {type(error).__name__}: {first_line}") from error
-    observation_space, action_space = env.observation_space, env.action_space
-    problems = []
-    if not isinstance(action_space, gym.spaces.Discrete):
-        problems.append(f"its actions are {type(action_space).__name__}, not Discrete")
-    if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
-        shape = getattr(observation_space, "shape", None)
-        kind = "image" if shape is not None and len(shape) >= 2 else type(observation_space).__name__
-        problems.append(f"its observations are {kind} {shape}, not a vector")
-    if problems:
-        env.close()
-        raise UserError(f"environment {env_id!r} is not supported: {' and '.join(problems)}. Supported: a Box "
-                        "observation of one dimension and Discrete actions, e.g. CartPole-v1, Acrobot-v1, "
-                        "MountainCar-v0")
-    return env
-
-
-def reward_threshold(env_id: str) -> float | None:
-    """The return at which Gymnasium's registry calls `env_id` solved (475 for CartPole-v1), if any."""
-    return gym.spec(env_id).reward_threshold
 
 
 def ensure_writable_dir(directory: Path, what: str) -> None:

@@ -42,8 +42,8 @@ How this file reads
 Speed
     Two helpers make it fast, and can be skipped on a first reading: acting computes Q(s, .) in
     NumPy from the network's own layers (`networks.NumpyForward`), and a whole training phase of
-    `train_step`s is one XLA-compiled call (`_compile_training_phase`). `python -m bench.costs`
-    measures both against the plain Keras calls.
+    `train_step`s is one compiled call, XLA-compiled for the MLP (`_compile_training_phase`).
+    `python -m bench.costs` measures both against the plain Keras calls.
 
 References
     - V. Mnih et al., "Human-level control through deep reinforcement learning", Nature 518, 2015.
@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -129,15 +130,17 @@ class DeepQLearning:
         self.observation_shape = tuple(observation_shape)
         self.num_actions = num_actions
         self.rng = np.random.default_rng(seed)
-        self.main_network = build_q_network(self.observation_shape, num_actions, self.config.hidden_sizes, "main")
-        self.target_network = build_q_network(self.observation_shape, num_actions, self.config.hidden_sizes,
-                                              "target")
+        # images are stored and fed as uint8 pixels (the network scales them), vectors as float32
+        self.observation_dtype = np.uint8 if len(self.observation_shape) == 3 else np.float32
+        self.main_network = build_q_network(self.observation_shape, num_actions, self.config, "main")
+        self.target_network = build_q_network(self.observation_shape, num_actions, self.config, "target")
         self.target_network.set_weights(self.main_network.get_weights())
         self.optimizer = self._build_optimizer()
         self.loss_function = LOSS_FUNCTIONS[self.config.loss]
         self.replay_buffer: deque[tuple[np.ndarray, int, float, np.ndarray, bool]] = deque(
             maxlen=self.config.buffer_size)
-        self._numpy_forward = NumpyForward(self.main_network)
+        self._forward = NumpyForward(self.main_network) if NumpyForward.supports(self.main_network) \
+            else self._compile_forward()
         self._training_phase = self._compile_training_phase()
 
     def _build_optimizer(self) -> keras.optimizers.Optimizer:
@@ -151,8 +154,9 @@ class DeepQLearning:
     # ---------------------------------------------------------------------------------- acting
     def q_values(self, states: np.ndarray) -> np.ndarray:
         """Q(s, .; theta) of a batch of states, shape (B, num_actions): the main network's function, computed
-        by `networks.NumpyForward` (always in step with the network's weights)."""
-        return self._numpy_forward(states)
+        by `networks.NumpyForward` for an MLP and by one compiled call for a CNN (both always in step with
+        the network's weights)."""
+        return self._forward(states)
 
     def epsilon(self, step: int) -> float:
         """The exploration rate at environment step `step`: linear from epsilon_start to epsilon_end.
@@ -169,7 +173,7 @@ class DeepQLearning:
 
         :param state: one observation.
         """
-        return int(np.argmax(self.q_values(state[None])[0]))
+        return int(np.argmax(self.q_values(np.asarray(state)[None])[0]))
 
     def act(self, state: np.ndarray, epsilon: float) -> int:
         """Epsilon-greedy: a uniformly random action with probability epsilon, else the greedy one.
@@ -193,6 +197,8 @@ class DeepQLearning:
         :param terminated: Gymnasium's `terminated`, not ``terminated or truncated``: a transition cut by
             a time limit still bootstraps from its next state.
         """
+        if self.config.clip_rewards:  # the Nature paper's Atari setting: one scale of error for every game
+            reward = float(np.clip(reward, -1.0, 1.0))
         self.replay_buffer.append((state, action, reward, next_state, terminated))
 
     def sample(self, batch_size: int, num_batches: int | None = None) -> Batch:
@@ -207,10 +213,10 @@ class DeepQLearning:
         states, actions, rewards, next_states, terminated = zip(
             *(self.replay_buffer[i] for i in indices), strict=True)
         return Batch(
-            states=np.asarray(states, dtype=np.float32).reshape(*shape, *self.observation_shape),
+            states=np.asarray(states, dtype=self.observation_dtype).reshape(*shape, *self.observation_shape),
             actions=np.asarray(actions, dtype=np.int32).reshape(shape),
             rewards=np.asarray(rewards, dtype=np.float32).reshape(shape),
-            next_states=np.asarray(next_states, dtype=np.float32).reshape(*shape, *self.observation_shape),
+            next_states=np.asarray(next_states, dtype=self.observation_dtype).reshape(*shape, *self.observation_shape),
             terminated=np.asarray(terminated, dtype=np.float32).reshape(shape),
         )
 
@@ -248,7 +254,8 @@ class DeepQLearning:
         """
         batches = self.sample(self.config.batch_size, num_steps)
         loss, weights = self._training_phase(Batch(*(tf.constant(field) for field in batches)))
-        self._numpy_forward.read_weights([weight.numpy() for weight in weights])
+        if isinstance(self._forward, NumpyForward):
+            self._forward.read_weights([weight.numpy() for weight in weights])
         return float(loss)
 
     @tf.function
@@ -277,22 +284,34 @@ class DeepQLearning:
 
     # ---------------------------------------------------------- the fast path (skip on a first read)
     def _compile_training_phase(self) -> tf.types.experimental.ConcreteFunction:
-        """Compile a training phase, `train_step` on each of a stack of minibatches, into one XLA call.
+        """Compile a training phase, `train_step` on each of a stack of minibatches, into one call.
 
-        One call per phase instead of one per gradient step, and the new weights handed back with the loss
-        so that acting needs no second call to read them: ``python -m bench.costs`` measures a gradient step
-        at about a third of the cost of one `train_step` per call. Calling the concrete function with
-        tensors skips `tf.function`'s argument matching on every call.
+        One call per phase instead of one per gradient step, and (for NumPy acting) the new weights handed
+        back with the loss so that acting needs no second call to read them: ``python -m bench.costs``
+        measures a gradient step at about a third of the cost of one `train_step` per call. Calling the
+        concrete function with tensors skips `tf.function`'s argument matching on every call.
         """
+        hand_back_weights = isinstance(self._forward, NumpyForward)
+        # XLA on this CPU compiles convolutions into slow code: a Pong gradient step took 1,130 ms with it and
+        # 95 ms without; for the MLP it is the faster of the two
+        use_xla = self.config.network_for(self.observation_shape) == "mlp"
+
         def phase(batches: Batch) -> tuple[tf.Tensor, list[tf.Tensor]]:
             losses = tf.TensorArray(tf.float32, size=tf.shape(batches.actions)[0])
             for i in tf.range(tf.shape(batches.actions)[0]):
                 losses = losses.write(i, self.train_step(Batch(*(field[i] for field in batches))))
-            return tf.reduce_mean(losses.stack()), [tf.identity(weight) for weight in self.main_network.weights]
+            weights = [tf.identity(weight) for weight in self.main_network.weights] if hand_back_weights else []
+            return tf.reduce_mean(losses.stack()), weights
 
         steps_and_batch = [None, self.config.batch_size]
-        observations = tf.TensorSpec([*steps_and_batch, *self.observation_shape], tf.float32)
-        return tf.function(phase, jit_compile=True).get_concrete_function(
+        observations = tf.TensorSpec([*steps_and_batch, *self.observation_shape], tf.as_dtype(self.observation_dtype))
+        return tf.function(phase, jit_compile=use_xla).get_concrete_function(
             Batch(states=observations, actions=tf.TensorSpec(steps_and_batch, tf.int32),
                   rewards=tf.TensorSpec(steps_and_batch, tf.float32), next_states=observations,
                   terminated=tf.TensorSpec(steps_and_batch, tf.float32)))
+
+    def _compile_forward(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Q(s, .) of a batch of images in one compiled call, which reads the network's current variables."""
+        forward = tf.function(lambda states: self.main_network(states)).get_concrete_function(
+            tf.TensorSpec([None, *self.observation_shape], tf.uint8))
+        return lambda states: forward(tf.constant(states, tf.uint8)).numpy()

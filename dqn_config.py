@@ -16,6 +16,8 @@ from typing import Any
 
 LOSSES = ("mse", "huber")
 OPTIMIZERS = ("adam", "rmsprop")
+NETWORKS = ("auto", "mlp", "nature_cnn", "minatar_cnn")
+NATURE_CNN_MIN_SIZE = 36  # the Nature torso's 8x8/4, 4x4/2 and 3x3/1 convolutions leave 1x1 of a 36x36 image
 
 
 class ConfigError(ValueError):
@@ -40,7 +42,7 @@ def _param(default: Any, doc: str) -> Any:
 class DQNConfig:
     """Hyperparameters of :class:`dqn_agent.DeepQLearning`; every instance is valid."""
 
-    hidden_sizes: tuple[int, ...] = _param((64, 64), "units in each hidden ReLU layer of the Q-network")
+    hidden_sizes: tuple[int, ...] = _param((64, 64), "units in each hidden ReLU layer of the MLP Q-network")
     learning_rate: float = _param(2.3e-3, "step size of the optimizer")
     gamma: float = _param(0.99, "discount factor of future rewards, in [0, 1]")
     buffer_size: int = _param(100_000, "capacity of the replay buffer, in transitions")
@@ -57,6 +59,10 @@ class DQNConfig:
     double_dqn: bool = _param(True, "choose a' with the main network and value it with the target network")
     max_grad_norm: float = _param(10.0, "clip the global gradient norm to this value")
     optimizer: str = _param("adam", "adam, or rmsprop as in the Nature paper (decay 0.95, epsilon 0.01, centred)")
+    network: str = _param("auto", "Q-network: auto (mlp for a vector; for an image nature_cnn if at least 36x36, "
+                          "else minatar_cnn), mlp, nature_cnn or minatar_cnn")
+    clip_rewards: bool = _param(False, "learn from rewards clipped to [-1, 1], as the Nature paper does on Atari "
+                                "(returns shown are never clipped)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -76,9 +82,24 @@ class DQNConfig:
             raise ConfigError("tau", f"must be in (0, 1], got {self.tau}")
         if self.batch_size > self.buffer_size:
             raise ConfigError("batch_size", f"({self.batch_size}) must not exceed buffer_size ({self.buffer_size})")
-        for name, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS)):
+        for name, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("network", NETWORKS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+    def network_for(self, observation_shape: tuple[int, ...]) -> str:
+        """The Q-network this config builds for observations of this shape: mlp, nature_cnn or minatar_cnn.
+
+        :raises ConfigError: if the chosen network cannot take that shape.
+        """
+        shape = tuple(observation_shape)
+        fits = {"mlp": len(shape) == 1, "nature_cnn": len(shape) == 3 and min(shape[:2]) >= NATURE_CNN_MIN_SIZE,
+                "minatar_cnn": len(shape) == 3 and min(shape[:2]) >= 3}
+        choice = self.network
+        if choice == "auto":
+            choice = "mlp" if len(shape) == 1 else "nature_cnn" if fits["nature_cnn"] else "minatar_cnn"
+        if not fits[choice]:
+            raise ConfigError("network", f"{choice} cannot take observations of shape {shape}")
+        return choice
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-ready values."""

@@ -1,9 +1,10 @@
 """The Q-networks: one Keras definition of each, and a NumPy forward pass read off it for acting.
 
 A Q-network maps an observation to one Q-value per action. Which network is built follows from the
-observation: a multilayer perceptron for a vector. `NumpyForward` computes the same function as a
-network of Dense layers from that network's own layers and weights, because one state through Keras
-costs about a hundred times more than the whole computation (see ``python -m bench.costs``).
+observation: a multilayer perceptron for a vector, a convolutional network for an image.
+`NumpyForward` computes the same function as a network of Dense layers from that network's own layers
+and weights, because one state through Keras costs about a hundred times more than the whole
+computation (see ``python -m bench.costs``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
+
+from dqn_config import DQNConfig
 
 # The activations `NumpyForward` can compute, by the name Keras gives them.
 NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -37,17 +40,38 @@ class QNetwork(keras.Sequential):
         self.weights_version += 1
 
 
-def build_q_network(observation_shape: tuple[int, ...], num_actions: int, hidden_sizes: tuple[int, ...],
-                    name: str) -> QNetwork:
-    """The MLP Q-network: the observation vector, ReLU hidden layers, then one linear output per action.
+def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config: DQNConfig, name: str) -> QNetwork:
+    """The Q-network for this observation shape (see `DQNConfig.network_for`), from the observation to one
+    linear Q-value per action:
 
-    :param observation_shape: the shape of one observation, ``(size,)``.
+    - mlp: the observation vector, then ReLU hidden layers of `config.hidden_sizes` units;
+    - nature_cnn: the Nature DQN torso for Atari frames: 32 8x8 filters with stride 4, 64 4x4 stride 2,
+      64 3x3 stride 1, then a 512-unit dense layer (Mnih et al., 2015);
+    - minatar_cnn: one 16-filter 3x3 convolution and a 128-unit dense layer, for small boards (Young and
+      Tian, 2019).
+
+    Images come in as uint8 pixels (stored that way in the replay buffer) and are scaled to [0, 1] by
+    the network's first layer.
+
+    :param observation_shape: the shape of one observation: ``(size,)`` or ``(height, width, channels)``.
     :param num_actions: outputs, one Q-value per action.
-    :param hidden_sizes: units of each hidden layer.
+    :param config: the hyperparameters (`network`, `hidden_sizes`).
     :param name: the Keras model's name ("main" or "target").
     """
+    architecture = config.network_for(observation_shape)
     layers: list[keras.layers.Layer] = [keras.Input(shape=observation_shape)]
-    layers += [keras.layers.Dense(units, activation="relu") for units in hidden_sizes]
+    if architecture == "mlp":
+        layers += [keras.layers.Dense(units, activation="relu") for units in config.hidden_sizes]
+    else:
+        layers.append(keras.layers.Rescaling(1.0 / 255.0))
+        if architecture == "nature_cnn":
+            layers += [keras.layers.Conv2D(32, 8, strides=4, activation="relu"),
+                       keras.layers.Conv2D(64, 4, strides=2, activation="relu"),
+                       keras.layers.Conv2D(64, 3, strides=1, activation="relu"),
+                       keras.layers.Flatten(), keras.layers.Dense(512, activation="relu")]
+        else:
+            layers += [keras.layers.Conv2D(16, 3, strides=1, activation="relu"),
+                       keras.layers.Flatten(), keras.layers.Dense(128, activation="relu")]
     layers.append(keras.layers.Dense(num_actions, activation="linear"))
     return QNetwork(layers, name=name)
 

@@ -37,12 +37,11 @@ from common import (
     ensure_writable_dir,
     evaluate_policy,
     import_agent_class,
-    make_env,
-    reward_threshold,
     run_cli,
     summarize,
 )
-from dqn_config import LOSSES, OPTIMIZERS, ConfigError, DQNConfig
+from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, ConfigError, DQNConfig
+from environments import make_env, reward_threshold
 from presets import PRESETS_DIR, RUN_FIELDS, Preset, PresetError, all_presets, find_preset, read_preset
 
 if TYPE_CHECKING:
@@ -248,6 +247,9 @@ def library_versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ the command
+CHOICES = {"loss": LOSSES, "optimizer": OPTIMIZERS, "network": NETWORKS}
+
+
 class ListPresets(argparse.Action):
     """``--list-presets``: print every preset and exit, as ``--help`` does."""
 
@@ -307,9 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
             hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif config_field.name == "hidden_sizes":
             hyper.add_argument(flag, type=int, nargs="+", metavar="UNITS", default=None, help=doc)
-        elif config_field.name in ("loss", "optimizer"):
-            choices = LOSSES if config_field.name == "loss" else OPTIMIZERS
-            hyper.add_argument(flag, choices=choices, default=None, help=doc)
+        elif config_field.name in CHOICES:
+            hyper.add_argument(flag, choices=CHOICES[config_field.name], default=None, help=doc)
         else:
             hyper.add_argument(flag, type=type(default), default=None, help=doc)
     return parser
@@ -324,7 +325,9 @@ def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, Preset |
     parser = build_parser()
     args = parser.parse_args(argv)
     given = {name: value for name, value in vars(args).items() if value is not None}
-    make_env(args.env).close()
+    env = make_env(args.env)
+    observation_shape = env.observation_space.shape
+    env.close()
     preset = read_preset(args.preset) if args.preset is not None else find_preset(args.env)
     if preset is None:
         print(f"train.py: no preset for {args.env}: using the CartPole-v1 defaults (--list-presets shows the "
@@ -333,6 +336,7 @@ def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, Preset |
     try:
         config = DQNConfig(**{**(preset.config if preset else {}),
                               **{name: given[name] for name in config_fields if name in given}})
+        config.network_for(observation_shape)
     except ConfigError as error:
         if error.name not in given and preset is not None:
             raise PresetError(preset.path, f"config.{error.name}", error.problem) from error

@@ -22,7 +22,8 @@ import gymnasium as gym
 import numpy as np
 
 from agent_files import load_agent, read_description
-from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, make_env, run_cli
+from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli
+from environments import make_env
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -141,7 +142,7 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
 
     env = make_env(env_id, render_mode="rgb_array")
     if args.overlay:
-        env = QValueOverlay(env, lambda state: agent.q_values(state[None])[0],
+        env = QValueOverlay(env, lambda state: agent.q_values(np.asarray(state)[None])[0],
                             action_names(env_id, agent.num_actions))
     folder = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".recording-"))
     try:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 import numpy as np
 
 from bench.timed import machine
-from common import import_agent_class, make_env
+from common import import_agent_class
+from environments import make_env
 
 
 def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> float:

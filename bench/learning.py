@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.sb3_dqn import RL_ZOO
 from bench.timed import machine, run_timed
-from common import reward_threshold
+from environments import reward_threshold
 
 AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN, RL-Zoo settings"}
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import evaluate_policy, make_env, reward_threshold
+from common import evaluate_policy
+from environments import make_env, reward_threshold
 from presets import find_preset
 from train import FINAL_EVAL_SEED_OFFSET, RunSettings, evaluate_checkpoint
 

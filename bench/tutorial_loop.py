@@ -14,7 +14,8 @@ from collections import deque
 
 import numpy as np
 
-from common import import_agent_class, make_env
+from common import import_agent_class
+from environments import make_env
 
 
 def main() -> None:

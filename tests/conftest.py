@@ -13,10 +13,10 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_program(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python SCRIPT ARGS`` from the project folder, as a user would."""
+def run_program(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python SCRIPT ARGS`` from the project folder, as a user would (`env`: more environment variables)."""
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:

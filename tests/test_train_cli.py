@@ -27,7 +27,11 @@ QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency"
 @pytest.mark.parametrize(("args", "words"), [
     (["--env", "NoSuchEnv-v0"], ["unknown environment", "NoSuchEnv-v0"]),
     (["--env", "Pendulum-v1"], ["not supported", "Discrete"]),
-    (["--env", "tests.image_env:ImageObs-v0"], ["not supported", "image"]),
+    (["--env", "tests.image_env:FlatImage-v0"], ["not supported", "shape (8, 8)"]),
+    (["--env", "tests.image_env:FloatImage-v0"], ["not supported", "not uint8"]),
+    (["--env", "ALE/NoSuchGame-v5"], ["unknown environment", "NoSuchGame"]),
+    (["--env", "MinAtar/Breakout-v1", "--network", "nature_cnn"], ["--network", "cannot take", "(10, 10, 4)"]),
+    (["--env", "CartPole-v1", "--network", "minatar_cnn"], ["--network", "cannot take"]),
     (["--learning-rate", "0"], ["--learning-rate", "positive"]),
     (["--learning-rate", "-0.001"], ["--learning-rate", "positive"]),
     (["--batch-size", "0"], ["--batch-size", "positive"]),

@@ -1,0 +1,170 @@
+"""Making environments: a Gymnasium id, with the preprocessing its family needs, checked against what the
+agent takes (a vector, or an (H, W, C) uint8 image, and discrete actions).
+
+- Atari (``ALE/...-v5``, from ale-py, ROMs included): Gymnasium's own `AtariPreprocessing` (84x84
+  grayscale, 4 frames skipped with max-pooling, up to 30 no-op starts; the game itself built with
+  ``frameskip=1`` so that frames are not skipped twice) and `FrameStackObservation` (the last 4 frames),
+  then `ShareFrames`, so that a replay memory of stacks stores each frame once.
+- MinAtar (``MinAtar/...``): its boolean (10, 10, C) boards as uint8 images of 0 and 255.
+- Anything else as Gymnasium makes it.
+
+Rewards are left as the game gives them: every return printed, logged or evaluated is the game's
+score. Clipping for learning is the agent's business (``DQNConfig.clip_rewards``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from common import UserError
+
+ATARI_FRAMES = 4
+
+
+class StackedFrames:
+    """The last few frames as one (H, W, frames) observation, holding the frames by reference, so that a
+    stack shares the frames it has in common with its neighbours (``np.asarray`` gives the array).
+
+    :param frames: the frames, oldest first, each (H, W).
+    """
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: tuple[np.ndarray, ...]) -> None:
+        self.frames = frames
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        stacked = np.stack(self.frames, axis=-1)
+        return stacked if dtype is None else stacked.astype(dtype, copy=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.frames[0].shape, len(self.frames))
+
+
+class ShareFrames(gym.ObservationWrapper):
+    """After `FrameStackObservation`: each (frames, H, W) stack becomes a channel-last `StackedFrames` whose
+    frames are the previous stack's own frame objects wherever they are equal. A stack moves on by one
+    frame per step, so a memory of transitions holds one new 84x84 frame per step instead of two stacks.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        frames, height, width = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(0, 255, (height, width, frames), np.uint8)
+        self._previous: tuple[np.ndarray, ...] = ()
+
+    def reset(self, **kwargs: Any) -> tuple[StackedFrames, dict]:
+        self._previous = ()
+        return super().reset(**kwargs)
+
+    def observation(self, stack: np.ndarray) -> StackedFrames:
+        previous, frames = self._previous, []
+        for i, frame in enumerate(stack):
+            # frame i of this stack was frame i + 1 of the previous one; at a reset, the repeated first frame
+            shared = [candidate for candidate in (previous[i + 1:i + 2] or frames[-1:])
+                      if np.array_equal(candidate, frame)]
+            frames.append(shared[0] if shared else frame.copy())
+        self._previous = tuple(frames)
+        return StackedFrames(self._previous)
+
+
+class BooleanBoardAsImage(gym.ObservationWrapper):
+    """MinAtar's boolean (10, 10, C) board as a uint8 image of 0 and 255; its rendering as a uint8 RGB picture
+    16 times larger, for videos."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(0, 255, env.observation_space.shape, np.uint8)
+
+    def observation(self, board: np.ndarray) -> np.ndarray:
+        return board.astype(np.uint8) * 255
+
+    def render(self) -> np.ndarray:
+        picture = np.asarray(self.env.render())
+        picture = (picture * 255).astype(np.uint8) if picture.dtype != np.uint8 else picture
+        return np.kron(picture, np.ones((16, 16, 1), np.uint8))
+
+
+def _register_family(env_id: str) -> dict[str, Any]:
+    """Register Atari or MinAtar ids with Gymnasium (1.x no longer loads plugins itself); the arguments
+    `gym.make` needs for the family."""
+    if env_id.startswith("ALE/"):
+        try:
+            import ale_py
+        except ImportError as error:
+            raise UserError(f"environment {env_id!r} needs ale-py, which is not installed: pip install -r "
+                            "requirements.txt") from error
+        gym.register_envs(ale_py)
+        return {"frameskip": 1}  # AtariPreprocessing skips the frames
+    if env_id.startswith("MinAtar/"):
+        try:
+            import minatar.gym
+        except ImportError as error:
+            raise UserError(f"environment {env_id!r} needs minatar, which is not installed: pip install -r "
+                            "requirements.txt") from error
+        if env_id not in gym.registry:
+            minatar.gym.register_envs()
+    return {}
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """``gymnasium.make(env_id)`` with its family's preprocessing, accepted only if the agent can take it.
+
+    :raises UserError: for an unknown id, a missing package, or an environment DQN here cannot handle.
+    """
+    if render_mode == "rgb_array":
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames only, no window: SDL needs no display
+    kwargs = _register_family(env_id)
+    try:
+        env = gym.make(env_id, render_mode=render_mode, **kwargs)
+    except gym.error.DependencyNotInstalled as error:
+        raise UserError(f"environment {env_id!r} needs a package that is not installed: {error}") from error
+    except (gym.error.Error, ImportError) as error:
+        raise UserError(f"unknown environment {env_id!r} ({str(error).splitlines()[0]}); python train.py "
+                        "--list-presets shows the tuned ones") from error
+    except Exception as error:  # the environment's own constructor failed
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise UserError(f"could not create environment {env_id!r}: {type(error).__name__}: {first_line}") from error
+    if env_id.startswith("ALE/"):
+        env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True,
+                                              terminal_on_life_loss=False, scale_obs=False)
+        env = ShareFrames(gym.wrappers.FrameStackObservation(env, ATARI_FRAMES))
+    elif env_id.startswith("MinAtar/"):
+        env = BooleanBoardAsImage(env)
+    problem = unsupported(env.observation_space, env.action_space)
+    if problem:
+        env.close()
+        raise UserError(f"environment {env_id!r} is not supported: {problem}. Supported: discrete actions, and "
+                        "observations that are a vector (CartPole-v1, LunarLander-v3) or an (H, W, C) uint8 image "
+                        "(ALE/Pong-v5, MinAtar/Breakout-v1)")
+    return env
+
+
+def unsupported(observation_space: gym.Space, action_space: gym.Space) -> str | None:
+    """What keeps the agent from these spaces, or None if it can take them."""
+    problems = []
+    if not isinstance(action_space, gym.spaces.Discrete):
+        problems.append(f"its actions are {type(action_space).__name__}, not Discrete")
+    shape = getattr(observation_space, "shape", None)
+    if not isinstance(observation_space, gym.spaces.Box):
+        problems.append(f"its observations are {type(observation_space).__name__}, not a Box")
+    elif len(shape) == 3 and observation_space.dtype != np.uint8:
+        problems.append(f"its image observations {shape} are {observation_space.dtype}, not uint8 pixels")
+    elif len(shape) not in (1, 3):
+        problems.append(f"its observations have shape {shape}: the networks take a vector or an (H, W, C) image")
+    return " and ".join(problems) or None
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """The return at which Gymnasium's registry calls `env_id` solved (475 for CartPole-v1), if any."""
+    _register_family(env_id)
+    module, _, name = env_id.rpartition(":")  # "module:Id-v0" registers Id-v0 by importing module, as gym.make does
+    if module:
+        importlib.import_module(module)
+    return gym.spec(name).reward_threshold
