@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--sb3", action="store_true", help="also run SB3's DQN with the RL-Zoo's settings for --env "
                         "(needs bench/requirements-sb3.txt)")
+    parser.add_argument("--sb3-seeds", type=int, nargs="+", default=None,
+                        help="run SB3 on these seeds only (default: all of --seeds)")
     parser.add_argument("--sb3-budget", choices=["preset", "zoo"], default="preset",
                         help="SB3's steps at most: the preset's (as ours) or the Zoo's n_timesteps")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -118,6 +120,8 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for agent in agents:  # interleaved, so that a change in the machine's load hits both alike
+            if agent == "sb3" and args.sb3_seeds is not None and seed not in args.sb3_seeds:
+                continue
             rows.append(run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget))
             row = rows[-1]
             print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
