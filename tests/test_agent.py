@@ -167,7 +167,7 @@ def test_acting_computes_the_networks_function_after_every_kind_of_weight_change
 
 def test_the_numpy_forward_pass_is_read_off_the_network_not_written_again():
     agent = small_agent(hidden_sizes=(8, 4))
-    layers = agent._numpy_forward.layers
+    layers = agent._forward.layers
     assert [kernel.shape for kernel, _, _ in layers] == [(3, 8), (8, 4), (4, 2)]
     assert not NumpyForward.supports(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="tanh")]))
 

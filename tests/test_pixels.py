@@ -135,3 +135,22 @@ def test_a_missing_ale_py_is_one_line(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('No module named ale_py')\n")
     result = run_program("train.py", "--env", "ALE/Pong-v5", env={"PYTHONPATH": str(tmp_path)})
     assert_one_line_error(result, "needs ale-py", "pip install")
+
+
+def test_an_atari_agent_is_recorded_as_cartpole_is(tmp_path):
+    stem = tmp_path / "pong"
+    result = run_program("train.py", "--env", "ALE/Pong-v5", "--total-steps", "200", "--learning-starts", "100",
+                         "--buffer-size", "1000", "--eval-interval", "200", "--eval-episodes", "1",
+                         "--final-eval-episodes", "1", "--no-progress", "--out", str(stem), timeout=600)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(stem.with_suffix(".json").read_text())
+    assert record["preset"]["name"] == "Atari" and record["config"]["clip_rewards"] is True
+    assert record["final_evaluation"]["mean"] <= -10  # an untrained agent loses Pong; the game's score, not clipped
+    video = tmp_path / "pong.mp4"
+    played = run_program("visualize.py", "--weights", str(tmp_path / "pong.weights.h5"), "--out", str(video),
+                         timeout=600)
+    assert played.returncode == 0, played.stderr
+    import imageio_ffmpeg
+
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
+    assert frames > 100 and "return -" in played.stdout
