@@ -58,6 +58,7 @@ def main() -> None:
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
 
+    torch.set_num_threads(1)  # one core, as the two agents share a 2-core machine when benched side by side
     zoo_steps, hyperparameters = RL_ZOO[args.env]
     preset = find_preset(args.env)
     run = {**dataclasses.asdict(RunSettings()), **preset.run}
@@ -72,7 +73,10 @@ def main() -> None:
     model = DQN("MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0, **hyperparameters)
 
     def greedy(state: np.ndarray) -> int:
-        return int(model.predict(state, deterministic=True)[0])
+        """The greedy action from the Q-network's forward pass, as this project's agent acts (model.predict costs
+        milliseconds a call and would make SB3's evaluations, not its learning, the bench's measure)."""
+        with torch.no_grad():
+            return int(model.q_net(torch.as_tensor(np.asarray(state)[None], dtype=torch.float32)).argmax())
 
     record = {"env_id": settings.env_id, "seed": settings.seed, "agent": "stable-baselines3 DQN (RL-Zoo)",
               "hyperparameters": hyperparameters, "run": dataclasses.asdict(settings) | {"out": None},
