@@ -35,11 +35,14 @@ ACTION_NAMES = {
     "CartPole": ["push left", "push right"],
     "Acrobot": ["torque -1", "torque 0", "torque +1"],
     "MountainCar": ["push left", "no push", "push right"],
+    "LunarLander": ["do nothing", "left engine", "main engine", "right engine"],
 }
 
 
-def action_names(env_id: str, num_actions: int) -> list[str]:
-    names = ACTION_NAMES.get(env_id.split(":")[-1].split("-")[0], [])
+def action_names(env: gym.Env, env_id: str, num_actions: int) -> list[str]:
+    """Labels for the actions: ALE's own meanings for Atari, the classic ones by name, else "action i"."""
+    meanings = getattr(env.unwrapped, "get_action_meanings", None)
+    names = meanings() if meanings else ACTION_NAMES.get(env_id.split(":")[-1].split("-")[0], [])
     return names if len(names) == num_actions else [f"action {i}" for i in range(num_actions)]
 
 
@@ -143,7 +146,7 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
     env = make_env(env_id, render_mode="rgb_array")
     if args.overlay:
         env = QValueOverlay(env, lambda state: agent.q_values(np.asarray(state)[None])[0],
-                            action_names(env_id, agent.num_actions))
+                            action_names(env, env_id, agent.num_actions))
     folder = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".recording-"))
     try:
         # one recording from the first reset to close(): a finite video_length keeps it going across resets
