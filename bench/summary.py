@@ -17,7 +17,7 @@ from bench.learning import AGENTS
 
 
 def describe(values: list[float]) -> str:
-    return "-" if not values else f"{statistics.median(values):g}"
+    return "-" if not values else f"{round(statistics.median(values), 1):g}"
 
 
 def main() -> None:
