@@ -3,6 +3,7 @@
     python -m bench.learning                              # CartPole-v1, this project's DQN, seeds 0 to 4
     python -m bench.learning --sb3                        # and SB3's DQN with the RL-Zoo's settings, interleaved
     python -m bench.learning --env LunarLander-v3 --sb3 --sb3-budget zoo
+    python -m bench.learning --env MinAtar/Breakout-v1 --sb3 --seeds 0 1 2 --total-steps 250000
 
 Each run is the real command (``python train.py --env ENV --seed N``; ``python -m bench.sb3_dqn ...``)
 under ``/usr/bin/time -v``, one at a time. Both follow one protocol, the environment's preset's run
@@ -10,9 +11,10 @@ settings: a greedy evaluation every ``eval_interval`` steps by the same code on 
 a 100-episode confirmation on other starts of any evaluation that reaches the early-stop target, the
 best evaluated weights kept, a stop once a confirmation reaches the target, at most the preset's
 ``total_steps``, and a final 100-episode evaluation of the kept weights on other seeds again. A seed
-counts as solved when that final mean reaches the environment's registered threshold. Prints a table
-per seed and the medians; writes ``learning.json`` and a plot of every seed's evaluation curve,
-``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other environments).
+counts as solved when that final mean reaches the environment's registered threshold (MinAtar registers
+none: there the final means are compared). Prints a table per seed and the medians; writes ``learning.json``
+and a plot of every seed's evaluation curve, ``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other
+environments).
 """
 
 from __future__ import annotations
@@ -30,27 +32,30 @@ from environments import reward_threshold
 AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN, RL-Zoo settings"}
 
 
-def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], sb3_budget: str) -> dict:
+def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], sb3_budget: str,
+             total_steps: int | None) -> dict:
     """Train one seed of one agent; return its row of the table."""
-    record_path = runs / f"{agent}-{env_id}-{seed}.json"
+    record_path = runs / f"{agent}-{env_id.replace('/', '-')}-{seed}.json"
+    budget = [] if total_steps is None else ["--total-steps", str(total_steps)]
     if agent == "dqn":
         timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(record_path.with_suffix("")),
-                          "--no-progress", *extra)
+                          "--no-progress", *budget, *extra)
     else:
         timed = run_timed("-m", "bench.sb3_dqn", "--env", env_id, "--seed", str(seed), "--budget", sb3_budget,
-                          "--out", str(record_path))
+                          "--out", str(record_path), *budget)
     if timed.returncode != 0:
         sys.exit(f"bench: {agent} seed {seed} failed:\n{timed.stderr[-2000:]}")
     record = json.loads(record_path.read_text())
     final = record["final_evaluation"]["mean"]
     solved = record["solved_step"] is not None
+    threshold = reward_threshold(env_id)
     return {
         "agent": agent, "seed": seed, "steps": record["steps"], "seconds": record["seconds"],
         "seconds_without_eval": round(record["seconds"] - record["eval_seconds"], 2),
         "steps_per_second": round(record["steps"] / record["seconds"]),
         "first_solved_eval_step": record["solved_step"],
         "seconds_to_solved_policy": record["best_eval"]["seconds"] if solved else None,
-        "final_eval": round(final, 1), "solved": final >= reward_threshold(env_id),
+        "final_eval": round(final, 2), "solved": None if threshold is None else final >= threshold,
         "process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb),
         "evaluations": record["evaluations"],
     }
@@ -72,13 +77,14 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join("-" if row[k] is None else str(row[k]) for k in keys) + " |")
     for agent in dict.fromkeys(row["agent"] for row in rows):
         mine = [row for row in rows if row["agent"] == agent]
+        solved = "-" if mine[0]["solved"] is None else f"{sum(r['solved'] for r in mine)}/{len(mine)}"
         cells = [f"**{agent} median**", "", *(str(median(mine, k)) for k in keys[2:9]),
-                 f"{sum(r['solved'] for r in mine)}/{len(mine)}", str(median(mine, "process_seconds")),
+                 solved, str(median(mine, "process_seconds")),
                  str(median(mine, "peak_mb"))]
         print("| " + " | ".join(cells) + " |")
 
 
-def plot(rows: list[dict], threshold: float, path: Path) -> None:
+def plot(rows: list[dict], threshold: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +96,8 @@ def plot(rows: list[dict], threshold: float, path: Path) -> None:
         for row in (r for r in rows if r["agent"] == agent):
             axis.plot([e["step"] for e in row["evaluations"]], [e["mean"] for e in row["evaluations"]], marker=".",
                       label=f"seed {row['seed']} (final {row['final_eval']:g})")
-        axis.axhline(threshold, color="gray", linestyle="--")
+        if threshold is not None:
+            axis.axhline(threshold, color="gray", linestyle="--")
         axis.set(title=AGENTS[agent], xlabel="environment step", ylabel="greedy evaluation (20 episodes)")
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -99,7 +106,8 @@ def plot(rows: list[dict], threshold: float, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Seeds of training, beside SB3 with the RL-Zoo's settings if asked.")
-    parser.add_argument("--env", default="CartPole-v1", help="an environment with a registered reward threshold")
+    parser.add_argument("--env", default="CartPole-v1",
+                        help="an environment with a registered reward threshold, or a MinAtar game")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--sb3", action="store_true", help="also run SB3's DQN with the RL-Zoo's settings for --env "
                         "(needs bench/requirements-sb3.txt)")
@@ -107,12 +115,16 @@ def main() -> None:
                         help="run SB3 on these seeds only (default: all of --seeds)")
     parser.add_argument("--sb3-budget", choices=["preset", "zoo"], default="preset",
                         help="SB3's steps at most: the preset's (as ours) or the Zoo's n_timesteps")
+    parser.add_argument("--total-steps", type=int, default=None, help="steps at most for every run (default: the "
+                        "preset's, or the Zoo's for SB3 with --sb3-budget zoo)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("train_flags", nargs="*", help="extra flags for train.py, after --")
     args = parser.parse_args()
     threshold = reward_threshold(args.env)
-    if threshold is None or (args.sb3 and args.env not in RL_ZOO):
-        parser.error(f"--env needs a registered reward threshold, and --sb3 one of {', '.join(RL_ZOO)}")
+    minatar = args.env.startswith("MinAtar/")
+    if (threshold is None and not minatar) or (args.sb3 and not minatar and args.env not in RL_ZOO):
+        parser.error(f"--env needs a registered reward threshold or to be a MinAtar game, and --sb3 one of "
+                     f"{', '.join(RL_ZOO)}")
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     agents = ["dqn", "sb3"] if args.sb3 else ["dqn"]
@@ -122,7 +134,7 @@ def main() -> None:
         for agent in agents:  # interleaved, so that a change in the machine's load hits both alike
             if agent == "sb3" and args.sb3_seeds is not None and seed not in args.sb3_seeds:
                 continue
-            rows.append(run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget))
+            rows.append(run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget, args.total_steps))
             row = rows[-1]
             print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
                   file=sys.stderr, flush=True)
@@ -130,7 +142,7 @@ def main() -> None:
     print_table(rows)
     command = " ".join(["python -m bench.learning", *sys.argv[1:]])
     summary = {"machine": machine(), "command": command, "env_id": args.env, "rows": rows}
-    stem = args.out / ("learning" if args.env == "CartPole-v1" else f"learning-{args.env}")
+    stem = args.out / ("learning" if args.env == "CartPole-v1" else f"learning-{args.env.replace('/', '-')}")
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(rows, threshold, stem.with_suffix(".png"))
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")

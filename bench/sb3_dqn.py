@@ -8,7 +8,9 @@ final 100-episode evaluation of the kept weights. Writes a JSON record with the 
     python -m bench.sb3_dqn --env LunarLander-v3 --budget zoo --seed 0 --out /tmp/sb3.json
 
 The Zoo's exploration schedule is kept in environment steps whatever the budget (SB3 states it as a
-fraction of the budget).
+fraction of the budget). The Zoo has no MinAtar entry: for ``MinAtar/*`` SB3 gets this project's MinAtar
+preset, network included (`MinAtarTorso`: one 16-filter 3x3 convolution and 128 units) and the centred
+RMSprop of the MinAtar paper, so that the two agents differ only in their implementation.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ RL_ZOO: dict[str, tuple[int, dict]] = {
         "exploration_final_eps": 0.04, "policy_kwargs": {"net_arch": [256, 256]}}),
     "Acrobot-v1": (100_000, _CLASSIC),
     "LunarLander-v3": (100_000, _CLASSIC),
+    "MinAtar/*": (500_000, {
+        "learning_rate": 2.5e-4, "batch_size": 32, "buffer_size": 100_000, "learning_starts": 5_000, "gamma": 0.99,
+        "target_update_interval": 1_000, "train_freq": 4, "gradient_steps": 4, "exploration_fraction": 0.2,
+        "exploration_initial_eps": 1.0, "exploration_final_eps": 0.1}),
     "MountainCar-v0": (120_000, {
         "learning_rate": 4e-3, "batch_size": 128, "buffer_size": 10_000, "learning_starts": 1000, "gamma": 0.98,
         "target_update_interval": 600, "train_freq": 16, "gradient_steps": 8, "exploration_fraction": 0.2,
@@ -45,37 +51,76 @@ RL_ZOO: dict[str, tuple[int, dict]] = {
 }
 
 
+def zoo_entry(env_id: str) -> tuple[int, dict]:
+    """The RL_ZOO entry for this environment id (`MinAtar/*` covers every MinAtar game)."""
+    return RL_ZOO["MinAtar/*" if env_id.startswith("MinAtar/") else env_id]
+
+
+def minatar_policy_kwargs() -> dict:
+    """SB3 policy arguments for the MinAtar network of `networks.build_q_network` and the MinAtar paper's
+    centred RMSprop (SB3 scales uint8 images to [0, 1] and hands them over channel-first)."""
+    import torch
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class MinAtarTorso(BaseFeaturesExtractor):
+        """One 16-filter 3x3 convolution, then 128 ReLU units (Young and Tian, 2019)."""
+
+        def __init__(self, observation_space: object) -> None:
+            channels, height, width = observation_space.shape
+            super().__init__(observation_space, features_dim=128)
+            self.torso = torch.nn.Sequential(
+                torch.nn.Conv2d(channels, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                torch.nn.Linear(16 * (height - 2) * (width - 2), 128), torch.nn.ReLU())
+
+        def forward(self, observations: torch.Tensor) -> torch.Tensor:
+            return self.torso(observations)
+
+    return {"features_extractor_class": MinAtarTorso, "net_arch": [], "optimizer_class": torch.optim.RMSprop,
+            "optimizer_kwargs": {"alpha": 0.95, "eps": 0.01, "centered": True}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="CartPole-v1", choices=sorted(RL_ZOO))
+    parser.add_argument("--env", default="CartPole-v1", help=f"one of {', '.join(sorted(RL_ZOO))}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", choices=["preset", "zoo"], default="preset",
                         help="steps at most: the preset's, as this project's agent gets, or the Zoo's n_timesteps")
+    parser.add_argument("--total-steps", type=int, default=None, help="steps at most, overriding --budget")
     parser.add_argument("--out", type=Path, required=True, help="the JSON record to write")
     args = parser.parse_args()
+    if not (args.env in RL_ZOO or args.env.startswith("MinAtar/")):
+        parser.error(f"--env: no RL-Zoo entry for {args.env}")
 
     import torch
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)  # one core, as the two agents share a 2-core machine when benched side by side
-    zoo_steps, hyperparameters = RL_ZOO[args.env]
+    zoo_steps, hyperparameters = zoo_entry(args.env)
     preset = find_preset(args.env)
     run = {**dataclasses.asdict(RunSettings()), **preset.run}
     if args.budget == "zoo":
         run["total_steps"] = zoo_steps
+    if args.total_steps is not None:
+        run["total_steps"] = args.total_steps
     if run["reward_threshold"] is None:
         run["reward_threshold"] = reward_threshold(args.env)
     settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed})
     hyperparameters = {**hyperparameters, "exploration_fraction":
                        hyperparameters["exploration_fraction"] * zoo_steps / settings.total_steps}
     env, eval_env = make_env(settings.env_id), make_env(settings.env_id)
-    model = DQN("MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0, **hyperparameters)
+    images = len(env.observation_space.shape) == 3
+    if images:
+        hyperparameters = {**hyperparameters, "policy_kwargs": minatar_policy_kwargs(), "optimize_memory_usage": False}
+    model = DQN("CnnPolicy" if images else "MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0,
+                **hyperparameters)
 
     def greedy(state: np.ndarray) -> int:
         """The greedy action from the Q-network's forward pass, as this project's agent acts (model.predict costs
         milliseconds a call and would make SB3's evaluations, not its learning, the bench's measure)."""
         with torch.no_grad():
+            if images:  # SB3's own preprocessing: channel-first, then scaled by the features extractor
+                return int(model.q_net(model.policy.obs_to_tensor(np.asarray(state))[0]).argmax())
             return int(model.q_net(torch.as_tensor(np.asarray(state)[None], dtype=torch.float32)).argmax())
 
     record = {"env_id": settings.env_id, "seed": settings.seed, "agent": "stable-baselines3 DQN (RL-Zoo)",

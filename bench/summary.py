@@ -35,7 +35,8 @@ def main() -> None:
             steps = [row["first_solved_eval_step"] for row in solved if row["first_solved_eval_step"]]
             seconds = [row["seconds_to_solved_policy"] for row in solved if row["seconds_to_solved_policy"]]
             finals = ", ".join(f"{row['final_eval']:g}" for row in rows)
-            print(f"| {summary['env_id']} | {AGENTS[agent]} | {len(solved)}/{len(rows)} | {describe(steps)} "
+            count = "- (no threshold)" if rows[0]["solved"] is None else f"{len(solved)}/{len(rows)}"
+            print(f"| {summary['env_id']} | {AGENTS[agent]} | {count} | {describe(steps)} "
                   f"| {describe(seconds)} | {describe([row['seconds_without_eval'] for row in rows])} | {finals} "
                   f"| `{summary['command']}` |")
 
