@@ -114,6 +114,14 @@ class Batch(NamedTuple):
     terminated: np.ndarray
 
 
+class StepStats(NamedTuple):
+    """What a gradient step (or the mean over a training phase) reports: the loss before the step, and the
+    mean over the batch of max_a Q(s, a; theta), which shows whether the values grow or explode."""
+
+    loss: float
+    mean_max_q: float
+
+
 class DeepQLearning:
     """A DQN agent: main and target Q-networks, a replay buffer, and the update rule.
 
@@ -221,8 +229,9 @@ class DeepQLearning:
         )
 
     # -------------------------------------------------------------------------------- learning
-    def train_step(self, batch: Batch) -> tf.Tensor:
-        """One gradient step of DQN on one minibatch from `sample`; returns the loss before the step.
+    def train_step(self, batch: Batch) -> StepStats:
+        """One gradient step of DQN on one minibatch from `sample`; returns the loss before the step (and the
+        batch's mean max Q-value, for the logs).
 
         Runs inside the compiled `training_phase`; on its own (eagerly) it changes the main network's
         variables without refreshing acting's copy of them, so call `training_phase` to train.
@@ -239,24 +248,25 @@ class DeepQLearning:
         # 2. the masked loss: the TD error of the taken action a only
         action_mask = ops.one_hot(batch.actions, self.num_actions)
         with tf.GradientTape() as tape:
-            loss = self.loss_function(td_targets, self.main_network(batch.states, training=True), action_mask)
+            q_values = self.main_network(batch.states, training=True)
+            loss = self.loss_function(td_targets, q_values, action_mask)
 
         # 3. the gradient step on theta (the main network only)
         variables = self.main_network.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
+        return StepStats(loss, ops.mean(ops.max(q_values, axis=1)))
 
-    def training_phase(self, num_steps: int) -> float:
+    def training_phase(self, num_steps: int) -> StepStats:
         """`num_steps` train steps in a row, each on a fresh minibatch; acting uses the new weights afterwards.
 
         :param num_steps: how many gradient steps (the config's `gradient_steps` in train.py).
-        :return: the mean loss of the phase (NaN or infinite if training diverged).
+        :return: the phase's mean loss (NaN or infinite if training diverged) and mean max Q-value.
         """
         batches = self.sample(self.config.batch_size, num_steps)
-        loss, weights = self._training_phase(Batch(*(tf.constant(field) for field in batches)))
+        loss, mean_max_q, weights = self._training_phase(Batch(*(tf.constant(field) for field in batches)))
         if isinstance(self._forward, NumpyForward):
             self._forward.read_weights([weight.numpy() for weight in weights])
-        return float(loss)
+        return StepStats(float(loss), float(mean_max_q))
 
     @tf.function
     def update_target_network(self) -> None:
@@ -296,12 +306,15 @@ class DeepQLearning:
         # 95 ms without; for the MLP it is the faster of the two
         use_xla = self.config.network_for(self.observation_shape) == "mlp"
 
-        def phase(batches: Batch) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            losses = tf.TensorArray(tf.float32, size=tf.shape(batches.actions)[0])
-            for i in tf.range(tf.shape(batches.actions)[0]):
-                losses = losses.write(i, self.train_step(Batch(*(field[i] for field in batches))))
+        def phase(batches: Batch) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+            num_steps = tf.shape(batches.actions)[0]
+            losses = tf.TensorArray(tf.float32, size=num_steps)
+            max_qs = tf.TensorArray(tf.float32, size=num_steps)
+            for i in tf.range(num_steps):
+                loss, mean_max_q = self.train_step(Batch(*(field[i] for field in batches)))
+                losses, max_qs = losses.write(i, loss), max_qs.write(i, mean_max_q)
             weights = [tf.identity(weight) for weight in self.main_network.weights] if hand_back_weights else []
-            return tf.reduce_mean(losses.stack()), weights
+            return tf.reduce_mean(losses.stack()), tf.reduce_mean(max_qs.stack()), weights
 
         steps_and_batch = [None, self.config.batch_size]
         observations = tf.TensorSpec([*steps_and_batch, *self.observation_shape], tf.as_dtype(self.observation_dtype))

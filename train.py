@@ -21,6 +21,7 @@ import platform
 import shlex
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,10 @@ import gymnasium as gym
 import numpy as np
 
 from agent_files import describe, save_agent, weights_path
+from checkpoints import Resumed, checkpoint_path, read_checkpoint_state, restore_checkpoint, save_checkpoint
 from common import (
     OneLineErrorParser,
+    UserError,
     atomic_write,
     atomic_write_text,
     ensure_writable_dir,
@@ -42,10 +45,11 @@ from common import (
 )
 from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, ConfigError, DQNConfig
 from environments import make_env, reward_threshold
-from presets import PRESETS_DIR, RUN_FIELDS, Preset, PresetError, all_presets, find_preset, read_preset
+from presets import PRESETS_DIR, RUN_FIELDS, PresetError, all_presets, find_preset, read_preset
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
+    from tensorboard_log import TensorBoardLog
 
 # Evaluation episodes start from their own seeds, apart from training's; confirmations and the final
 # evaluation use other seeds again, so the score the final evaluation reports is not the one the best
@@ -61,6 +65,8 @@ class RunSettings:
 
     `reward_threshold` is the early-stop target: an evaluation that reaches it is confirmed on
     `confirm_episodes` more episodes, and the run stops only if that confirmation reaches it too.
+    `checkpoint_buffer` puts the replay buffer in each checkpoint, so that a resumed run is bit for bit
+    the run never stopped.
     """
 
     env_id: str = "CartPole-v1"
@@ -72,12 +78,17 @@ class RunSettings:
     confirm_episodes: int = 100
     reward_threshold: float | None = None
     out: Path = Path("models/CartPole-v1")
+    checkpoint_buffer: bool = False
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "out": str(self.out)}
 
 
 @dataclass
 class TrainingResult:
     """What a training run did: its history, how it ended, and where its best weights are."""
 
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     steps: int = 0
     seconds: float = 0.0
     episodes: list[dict] = field(default_factory=list)
@@ -96,32 +107,49 @@ class TrainingResult:
         return self.best_eval_step is not None
 
 
-def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = True) -> TrainingResult:
+def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = True,
+                 log: TensorBoardLog | None = None, resumed: Resumed | None = None,
+                 preset: dict | None = None) -> TrainingResult:
     """The DQN training loop: act, remember, learn, update the target, evaluate, keep the best.
 
     Saves the best evaluated weights to ``STEM.weights.h5`` as they improve (scored by their
-    confirmation where they have one), and stops early once an evaluation reaches
-    ``settings.reward_threshold`` and its confirmation does too. Ctrl-C stops the loop and keeps what it has.
+    confirmation where they have one), and a checkpoint to ``STEM.checkpoint.h5`` at every evaluation.
+    Stops early once an evaluation reaches ``settings.reward_threshold`` and its confirmation does too.
+    Ctrl-C stops the loop and keeps what it has.
 
-    :param agent: a freshly built agent.
+    :param agent: a freshly built agent, or one that `checkpoints.restore_checkpoint` has filled.
     :param settings: the run's environment, length, evaluation and output stem.
     :param progress: show a progress bar on stderr.
+    :param log: where to write TensorBoard scalars (default: nowhere).
+    :param resumed: the checkpoint to continue from (default: start a new run).
+    :param preset: the preset used, as `Command.preset`, kept in the checkpoints for the final record.
     """
     from tqdm import tqdm
 
     config = agent.config
     description = describe(agent, settings.env_id, settings.seed)
-    env, eval_env = make_env(settings.env_id), make_env(settings.env_id)
+    eval_env = make_env(settings.env_id)
     result = TrainingResult()
-    start = time.perf_counter()
-    bar = tqdm(total=settings.total_steps, unit="step", disable=not progress, dynamic_ncols=True,
-               mininterval=0.5)
-    state, _ = env.reset(seed=settings.seed)
-    episode_return, episode_length = 0.0, 0
+    env, state = make_env(settings.env_id), None
+    episode_return, episode_length, learning_starts = 0.0, 0, config.learning_starts
+    if resumed is not None:
+        result = TrainingResult(**resumed.state["result"])
+        if resumed.env is not None:  # the episode in progress, as it was
+            env.close()
+            env, state = resumed.env, resumed.observation
+            episode_return, episode_length = resumed.state["loop"]["episode"]
+        learning_starts = resumed.state["loop"]["learning_starts"]
+        if not len(agent.replay_buffer):  # no buffer in the checkpoint: refill it before learning again
+            learning_starts = result.steps + max(config.learning_starts, config.batch_size)
+    if state is None:
+        state, _ = env.reset(seed=settings.seed + result.steps)
+    start = time.perf_counter() - result.seconds
+    bar = tqdm(total=settings.total_steps, initial=result.steps, unit="step", disable=not progress,
+               dynamic_ncols=True, mininterval=0.5)
     last_eval_shown = "-"
-    step = 0
+    step = result.steps
     try:
-        for step in range(1, settings.total_steps + 1):
+        for step in range(result.steps + 1, settings.total_steps + 1):
             epsilon = agent.epsilon(step)
             action = agent.act(state, epsilon)
             next_state, reward, terminated, truncated, _ = env.step(action)
@@ -132,13 +160,20 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
             if terminated or truncated:
                 result.episodes.append({"step": step, "return": episode_return, "length": episode_length,
                                         "epsilon": epsilon})
+                if log:
+                    log.scalar("episode/return", step, episode_return)
+                    log.scalar("episode/length", step, episode_length)
+                    log.scalar("episode/epsilon", step, epsilon)
                 bar.set_postfix(ret=f"{episode_return:.0f}", eval=last_eval_shown, eps=f"{epsilon:.2f}",
                                 refresh=False)
                 state, _ = env.reset()
                 episode_return, episode_length = 0.0, 0
 
-            if step > config.learning_starts and step % config.train_frequency == 0:
-                loss = agent.training_phase(config.gradient_steps)
+            if step > learning_starts and step % config.train_frequency == 0:
+                loss, mean_max_q = agent.training_phase(config.gradient_steps)
+                if log:
+                    log.scalar("train/loss", step, loss)
+                    log.scalar("train/mean_max_q", step, mean_max_q)
                 if not math.isfinite(loss):
                     result.stop_reason = "loss diverged"
                     result.failure = (f"the loss became {loss} at step {step}: training stopped. Try a lower "
@@ -164,6 +199,20 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                     result.solved_step = step
                     result.stop_reason = (f"solved: evaluation reached {settings.reward_threshold:g}, confirmed over "
                                           f"{settings.confirm_episodes} episodes")
+                result.steps, result.seconds = step, time.perf_counter() - start
+                loop = {"episode": [episode_return, episode_length], "learning_starts": learning_starts,
+                        "tensorboard": log and str(log.directory)}
+                save_checkpoint(checkpoint_path(settings.out), agent,
+                                {"settings": settings.to_dict(), "config": config.to_dict(), "loop": loop,
+                                 "result": dataclasses.asdict(result), "description": description,
+                                 "preset": preset},
+                                env, state, settings.checkpoint_buffer)
+                if log:
+                    for name in ("mean", "std", "confirmation_mean"):
+                        if name in evaluation:
+                            log.scalar(f"eval/{name}", step, evaluation[name])
+                    log.write(step)
+                if result.solved_step is not None:
                     break
             bar.update(1)
     except KeyboardInterrupt:
@@ -298,6 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output stem: writes STEM.weights.h5, .json, .csv and .png (default: models/ENV_ID; a "
                      "trailing .weights.h5 is dropped)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                     help="write TensorBoard logs into a folder of this run under DIR (default: runs/ beside --out; "
+                     "see them with `tensorboard --logdir DIR`)")
+    run.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard logs")
+    run.add_argument("--checkpoint-buffer", action="store_true", default=None,
+                     help="put the replay buffer in each checkpoint, so that --resume continues the run exactly "
+                     "(costs time at each evaluation, and disk: see the README)")
+    run.add_argument("--resume", type=Path, default=None, metavar="STEM",
+                     help="continue the run whose --out was STEM from its last checkpoint, with its own settings; "
+                     "only --total-steps (to raise it), --no-progress and the TensorBoard flags may be given too")
 
     hyper = parser.add_argument_group("hyperparameters (DQNConfig; default: the preset's, else the value shown)")
     for config_field in dataclasses.fields(DQNConfig):
@@ -316,14 +375,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, Preset | None, bool]:
+@dataclass
+class Command:
+    """What `python train.py ...` asks for, checked.
+
+    :param settings: the run settings.
+    :param config: the agent's hyperparameters.
+    :param preset: the preset used, as the record shows it (name, file, source), or None.
+    :param progress: show a progress bar.
+    :param tensorboard: the folder under which this run's TensorBoard folder goes, or None for no logs.
+    :param resume: the checkpoint to continue from, or None for a new run.
+    """
+
+    settings: RunSettings
+    config: DQNConfig
+    preset: dict | None
+    progress: bool
+    tensorboard: Path | None
+    resume: Path | None = None
+
+
+# what `--resume` accepts beside itself: the run continues with its own settings otherwise
+RESUME_FLAGS = {"resume", "total_steps", "no_progress", "tensorboard", "no_tensorboard"}
+
+
+def parse_args(argv: list[str] | None) -> Command:
     """Parse and check every flag, and take the environment's preset under them; no TensorFlow is imported yet.
 
-    :return: the run settings, the agent's configuration, the preset used, and whether to show a progress bar.
     :raises PresetError: for a preset file that cannot be used.
+    :raises UserError: for a checkpoint that cannot be resumed.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.resume is not None:
+        changed = {name: value for name, value in vars(args).items() if value != parser.get_default(name)}
+        return resume_command(parser, args.resume, changed, not args.no_progress)
     given = {name: value for name, value in vars(args).items() if value is not None}
     env = make_env(args.env)
     observation_shape = env.observation_space.shape
@@ -351,13 +437,61 @@ def parse_args(argv: list[str] | None) -> tuple[RunSettings, DQNConfig, Preset |
     elif run["reward_threshold"] is None:
         run["reward_threshold"] = reward_threshold(args.env)
     settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed,
+                              "checkpoint_buffer": bool(args.checkpoint_buffer),
                               "out": Path("models") / args.env if args.out is None else
                               args.out.with_name(args.out.name.removesuffix(".weights.h5"))})
     if settings.out.name in ("", ".", "..") or settings.out.is_dir():
         parser.error(f"argument --out: {settings.out} is a folder; give a file stem such as "
                      f"{settings.out / args.env}")
     ensure_writable_dir(settings.out.parent, "--out")
-    return settings, config, preset, not args.no_progress
+    preset_record = preset and {"name": preset.name, "file": f"presets/{preset.path.name}"
+                                if preset.path.parent == PRESETS_DIR else str(preset.path), "source": preset.source}
+    return Command(settings, config, preset_record, not args.no_progress,
+                   None if args.no_tensorboard else args.tensorboard or settings.out.parent / "runs")
+
+
+def resume_command(parser: argparse.ArgumentParser, stem: Path, given: dict, progress: bool) -> Command:
+    """The `Command` that continues the run at `stem` from its checkpoint (`--resume STEM`).
+
+    :param given: the flags given, with their values.
+    """
+    stem = stem.with_name(stem.name.removesuffix(".weights.h5").removesuffix(".checkpoint.h5"))
+    other = sorted(name for name in given if name not in RESUME_FLAGS)
+    if other:
+        parser.error(f"argument --resume: the run continues with its own settings; drop "
+                     f"{', '.join('--' + name.replace('_', '-') for name in other)}")
+    state = read_checkpoint_state(checkpoint_path(stem))
+    settings = RunSettings(**{**state["settings"], "out": stem})
+    step = state["result"]["steps"]
+    if state["result"]["solved_step"] is not None:
+        raise UserError(f"the run at {stem} ended solved at step {step}: there is nothing to continue")
+    settings.total_steps = given.get("total_steps", settings.total_steps)
+    if settings.total_steps <= step:
+        parser.error(f"argument --total-steps: the run at {stem} is already at step {step}; pass a larger "
+                     "--total-steps to continue it")
+    tensorboard = given.get("tensorboard")
+    if tensorboard is None and "no_tensorboard" not in given and state["loop"]["tensorboard"]:
+        tensorboard = Path(state["loop"]["tensorboard"]).parent
+    return Command(settings, DQNConfig.from_dict(state["config"]), state.get("preset"), progress, tensorboard,
+                   resume=checkpoint_path(stem))
+
+
+def unfinished_run_note(stem: Path) -> str | None:
+    """One line if the checkpoint at `stem` is newer than its final record (a run killed before its end)."""
+    path = checkpoint_path(stem)
+    if not path.is_file():
+        return None
+    try:
+        state = read_checkpoint_state(path)
+        record_path = stem.with_name(stem.name + ".json")
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    except (UserError, ValueError, OSError):
+        return None
+    checkpoint_run, checkpoint_step = state["result"]["run_id"], state["result"]["steps"]
+    if record.get("run_id") == checkpoint_run and record.get("steps", 0) >= checkpoint_step:
+        return None
+    return (f"train.py: the run at {stem} stopped at step {checkpoint_step} without its final record (killed?); "
+            f"continue it with: python train.py --resume {shlex.quote(str(stem))}")
 
 
 def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
@@ -384,15 +518,15 @@ def final_evaluation(agent: DeepQLearning, settings: RunSettings) -> np.ndarray:
     return returns
 
 
-def run_record(agent: DeepQLearning, settings: RunSettings, preset: Preset | None, result: TrainingResult,
+def run_record(agent: DeepQLearning, settings: RunSettings, preset: dict | None, result: TrainingResult,
                final_returns: np.ndarray | None, argv: list[str]) -> dict:
     """The ``STEM.json`` record: enough to rebuild the agent, and how the run went."""
     record = {
         **describe(agent, settings.env_id, settings.seed),
         "command": shlex.join(["python", "train.py", *argv]),
-        "preset": preset and {"name": preset.name, "file": f"presets/{preset.path.name}"
-                              if preset.path.parent == PRESETS_DIR else str(preset.path), "source": preset.source},
+        "preset": preset,
         "run": {name: getattr(settings, name) for name in RUN_FIELDS},
+        "run_id": result.run_id,
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "eval_seconds": round(result.eval_seconds, 2),
@@ -411,13 +545,43 @@ def run_record(agent: DeepQLearning, settings: RunSettings, preset: Preset | Non
     return record
 
 
+def open_log(command: Command, agent: DeepQLearning, resumed: Resumed | None) -> TensorBoardLog | None:
+    """The run's TensorBoard log: a new folder under ``command.tensorboard``, or the resumed run's own."""
+    if command.tensorboard is None:
+        return None
+    from tensorboard_log import TensorBoardLog
+
+    settings = command.settings
+    folder = Path(resumed.state["loop"]["tensorboard"] or "") if resumed else None
+    if folder is None or folder.parent != command.tensorboard:
+        folder = command.tensorboard / f"{settings.out.name}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write TensorBoard logs to {folder} ({error.strerror or error}); pass a writable "
+                        "--tensorboard DIR, or --no-tensorboard") from error
+    hyperparameters = {**agent.config.to_dict(), "env_id": settings.env_id, "seed": settings.seed,
+                       **{name: getattr(settings, name) for name in RUN_FIELDS}}
+    return TensorBoardLog(folder, {k: v for k, v in hyperparameters.items() if v is not None},
+                          first_step=resumed.state["result"]["steps"] if resumed else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    settings, config, preset, progress = parse_args(argv)
-    agent = build_agent(settings, config)
-    result = run_training(agent, settings, progress=progress)
+    command = parse_args(argv)
+    settings = command.settings
+    if command.resume is None and (note := unfinished_run_note(settings.out)):
+        print(f"{note} (this new run replaces its checkpoint at its first evaluation)", file=sys.stderr)
+    agent = build_agent(settings, command.config)
+    resumed = restore_checkpoint(command.resume, agent) if command.resume else None
+    log = open_log(command, agent, resumed)
+    result = run_training(agent, settings, command.progress, log, resumed, command.preset)
+    if log:
+        log.write(result.steps)
+        log.close()
     stem, weights = settings.out, weights_path(settings.out)
     interrupted = result.stop_reason == "interrupted"
+    resume_hint = f"continue it with: python train.py --resume {shlex.quote(str(stem))}"
     if not result.weights_saved:
         problem = result.failure or "interrupted"
         print(f"train.py: error: {problem} before the first evaluation: nothing saved", file=sys.stderr)
@@ -425,8 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     final_returns = None
     if not interrupted and result.failure is None:
         final_returns = final_evaluation(agent, settings)
-    atomic_write_text(stem.with_name(stem.name + ".json"),
-                      json.dumps(run_record(agent, settings, preset, result, final_returns, argv), indent=2) + "\n")
+    atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(
+        run_record(agent, settings, command.preset, result, final_returns, argv), indent=2) + "\n")
     write_history(stem, result, settings.reward_threshold)
 
     print(f"{settings.env_id}: {result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s "
@@ -434,12 +598,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best evaluation: {result.best_eval_mean:.1f} at step {result.best_eval_step}")
     if final_returns is not None:
         print(f"final evaluation of the saved weights: {summarize(final_returns)}")
-    print(f"wrote {weights}, {stem.name}.json, {stem.name}.csv, {stem.name}.png")
+    print(f"wrote {weights}, {stem.name}.json, {stem.name}.csv, {stem.name}.png, {stem.name}.checkpoint.h5"
+          + (f"; TensorBoard: tensorboard --logdir {command.tensorboard}" if log else ""))
     if result.failure is not None:
         print(f"train.py: error: {result.failure}; the best weights so far are in {weights}", file=sys.stderr)
         return 1
     if interrupted:
-        print(f"interrupted: the best weights so far are in {weights}", file=sys.stderr)
+        print(f"interrupted: the best weights so far are in {weights}; {resume_hint} (from its last evaluation)",
+              file=sys.stderr)
         return 130
     return 0
 

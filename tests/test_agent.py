@@ -59,7 +59,7 @@ def test_train_step_bootstraps_through_truncation_and_stops_only_on_termination(
     set_constant_q(agent.main_network, [0.0, 0.0])
     set_constant_q(agent.target_network, [2.0, 5.0])
     # the second transition was cut by a time limit: not terminated, so y = 1 + 0.9 * max(2, 5)
-    loss = agent.train_step(constant_batch(rewards=[1.0, 1.0], terminated=[1.0, 0.0], actions=[0, 1]))
+    loss = agent.train_step(constant_batch(rewards=[1.0, 1.0], terminated=[1.0, 0.0], actions=[0, 1])).loss
     assert float(loss) == pytest.approx((1.0**2 + (1.0 + 0.9 * 5.0) ** 2) / 2)
 
 
@@ -68,11 +68,11 @@ def test_double_dqn_target_values_the_main_networks_choice_with_the_target_netwo
     double = small_agent(gamma=0.5, double_dqn=True)
     set_constant_q(double.main_network, [9.0, 1.0])  # main prefers action 0; Q(s, 1) = 1 enters the loss
     set_constant_q(double.target_network, [2.0, 5.0])  # target values action 0 at 2 (and would pick 1)
-    assert float(double.train_step(batch)) == pytest.approx((1.0 + 0.5 * 2.0 - 1.0) ** 2)
+    assert float(double.train_step(batch).loss) == pytest.approx((1.0 + 0.5 * 2.0 - 1.0) ** 2)
     plain = small_agent(gamma=0.5, double_dqn=False)
     set_constant_q(plain.main_network, [9.0, 1.0])
     set_constant_q(plain.target_network, [2.0, 5.0])
-    assert float(plain.train_step(batch)) == pytest.approx((1.0 + 0.5 * 5.0 - 1.0) ** 2)
+    assert float(plain.train_step(batch).loss) == pytest.approx((1.0 + 0.5 * 5.0 - 1.0) ** 2)
 
 
 def test_hard_target_update_copies_the_main_network():
@@ -101,10 +101,11 @@ def test_a_training_phase_moves_the_taken_actions_q_value_towards_the_target(opt
     for _ in range(4):
         agent.remember(state, 0, 10.0, state, True)
     before = agent.q_values(state[None])[0]
-    loss = agent.training_phase(50)
+    loss, mean_max_q = agent.training_phase(50)
     after = agent.q_values(state[None])[0]
     assert type(agent.optimizer).__name__.lower() == optimizer
     assert loss > 0 and abs(after[0] - 10.0) < abs(before[0] - 10.0) - 0.1
+    assert before.max() - 1 < mean_max_q < after.max() + 1  # the batch is this one state
 
 
 def test_replay_buffer_keeps_only_the_newest_transitions():

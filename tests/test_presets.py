@@ -35,20 +35,23 @@ def test_the_cartpole_preset_is_the_defaults_written_out():
 
 def test_an_environments_preset_is_used_and_a_flag_overrides_only_its_own_value(tmp_path):
     out = ["--out", str(tmp_path / "run")]
-    settings, config, preset, _ = train.parse_args(["--env", "MountainCar-v0", *out])
-    assert preset.name == "MountainCar-v0"
+    command = train.parse_args(["--env", "MountainCar-v0", *out])
+    settings, config, preset = command.settings, command.config, find_preset("MountainCar-v0")
+    assert command.preset["name"] == preset.name == "MountainCar-v0"
+    assert command.preset["file"] == "presets/MountainCar-v0.toml"
     assert config == DQNConfig(**preset.config)
     assert settings.total_steps == preset.run["total_steps"] == 120_000
     assert settings.reward_threshold == preset.run["reward_threshold"]
 
-    settings, config, _, _ = train.parse_args(["--env", "MountainCar-v0", "--learning-rate", "0.001",
-                                               "--total-steps", "7000", *out])
+    command = train.parse_args(["--env", "MountainCar-v0", "--learning-rate", "0.001", "--total-steps", "7000", *out])
+    settings, config = command.settings, command.config
     assert config == dataclasses.replace(DQNConfig(**preset.config), learning_rate=0.001)
     assert settings.total_steps == 7000 and settings.eval_interval == preset.run["eval_interval"]
 
 
 def test_an_environment_without_a_preset_takes_the_cartpole_defaults_and_says_so(tmp_path, capsys):
-    settings, config, preset, _ = train.parse_args(["--env", "CartPole-v0", "--out", str(tmp_path / "run")])
+    command = train.parse_args(["--env", "CartPole-v0", "--out", str(tmp_path / "run")])
+    settings, config, preset = command.settings, command.config, command.preset
     assert preset is None and config == DQNConfig() and settings.total_steps == train.RunSettings().total_steps
     assert settings.reward_threshold == gym.spec("CartPole-v0").reward_threshold
     assert capsys.readouterr().err.strip() == ("train.py: no preset for CartPole-v0: using the CartPole-v1 defaults "
@@ -121,8 +124,7 @@ def test_an_evaluation_that_its_confirmation_does_not_bear_out_is_not_a_solve(tm
         assert result.best_eval_confirmed and result.best_eval_mean == 0.0
     else:
         assert result.solved_step == 100 and evaluations[0]["confirmation_mean"] == 1.0
-    record_files = list(tmp_path.iterdir())
-    assert [path.name for path in record_files] == ["run.weights.h5"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.checkpoint.h5", "run.weights.h5"]
 
 
 def test_the_record_names_the_preset_and_the_values_used(tmp_path):

@@ -60,7 +60,7 @@ def test_an_output_stem_that_is_a_folder_is_refused(tmp_path):
     assert_one_line_error(run_program("train.py", "--out", str(tmp_path)), "--out", "folder")
 
 
-def test_short_run_writes_all_four_files(tmp_path):
+def test_short_run_writes_all_its_files(tmp_path):
     stem = tmp_path / "sub" / "run.weights.h5"  # a trailing .weights.h5 is dropped from the stem
     result = run_program("train.py", *QUICK, "--out", str(stem), "--no-early-stop")
     assert result.returncode == 0, result.stderr
@@ -78,7 +78,8 @@ def test_short_run_writes_all_four_files(tmp_path):
     assert (tmp_path / "sub" / "run.weights.h5").stat().st_size > 0
     assert "final evaluation" in result.stdout
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
-        "run.csv", "run.json", "run.png", "run.weights.h5"]  # no temporary files left
+        "run.checkpoint.h5", "run.csv", "run.json", "run.png", "run.weights.h5", "runs"]  # no temporary files left
+    assert [p.name.startswith("run-seed0-") for p in (tmp_path / "sub" / "runs").iterdir()] == [True]
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(tmp_path):
