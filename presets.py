@@ -10,12 +10,13 @@ No TensorFlow is imported here.
 from __future__ import annotations
 
 import fnmatch
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import UserError
+from common import UserError, atomic_write_text
 from dqn_config import ConfigError, DQNConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -121,3 +122,29 @@ def all_presets(directory: Path = PRESETS_DIR) -> list[Preset]:
 def find_preset(env_id: str, directory: Path = PRESETS_DIR) -> Preset | None:
     """The first preset (by file name) whose `env_ids` match `env_id`, if any."""
     return next((preset for preset in all_presets(directory) if preset.matches(env_id)), None)
+
+
+def _toml_value(value: Any) -> str:
+    """A value as TOML: strings quoted (JSON's escapes are TOML's), lists and tuples as arrays."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return repr(value)
+
+
+def write_preset(path: Path, env_ids: list[str], comment: str, source: dict[str, str], run: dict[str, Any],
+                 config: dict[str, Any]) -> Preset:
+    """Write a preset file that `read_preset` reads back, and return it read back (so it is checked).
+
+    :param comment: the file's first line, after ``# ``.
+    """
+    lines = [f"# {comment}", f"env_ids = {_toml_value(env_ids)}", "", "[source]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in source.items()]
+    lines += ["", "[run]", *(f"{key} = {_toml_value(value)}" for key, value in run.items())]
+    lines += ["", "[config]", *(f"{key} = {_toml_value(value)}" for key, value in config.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return read_preset(path)

@@ -109,7 +109,8 @@ class TrainingResult:
 
 def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = True,
                  log: TensorBoardLog | None = None, resumed: Resumed | None = None,
-                 preset: dict | None = None) -> TrainingResult:
+                 preset: dict | None = None,
+                 on_evaluation: Callable[[int, dict], None] | None = None) -> TrainingResult:
     """The DQN training loop: act, remember, learn, update the target, evaluate, keep the best.
 
     Saves the best evaluated weights to ``STEM.weights.h5`` as they improve (scored by their
@@ -123,6 +124,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
     :param log: where to write TensorBoard scalars (default: nowhere).
     :param resumed: the checkpoint to continue from (default: start a new run).
     :param preset: the preset used, as `Command.preset`, kept in the checkpoints for the final record.
+    :param on_evaluation: called with the step and the evaluation after each evaluation (`tune.py` reports
+        it to Optuna there, and stops a pruned trial by raising).
     """
     from tqdm import tqdm
 
@@ -207,6 +210,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                                  "result": dataclasses.asdict(result), "description": description,
                                  "preset": preset},
                                 env, state, settings.checkpoint_buffer)
+                if on_evaluation:
+                    on_evaluation(step, evaluation)
                 if log:
                     for name in ("mean", "std", "confirmation_mean"):
                         if name in evaluation:

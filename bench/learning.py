@@ -3,15 +3,17 @@
     python -m bench.learning                              # CartPole-v1, this project's DQN, seeds 0 to 4
     python -m bench.learning --sb3                        # and SB3's DQN with the RL-Zoo's settings, interleaved
     python -m bench.learning --env LunarLander-v3 --sb3 --sb3-budget zoo
-    python -m bench.learning --env MinAtar/Breakout-v1 --sb3 --seeds 0 1 2 --total-steps 250000
+    python -m bench.learning --env MinAtar/Breakout-v1 --sb3 --seeds 0 1 2 --total-steps 200000 --jobs 2
+    python -m bench.learning --seeds $(seq 100 119) --jobs 2 -- --preset tuned/CartPole-v1.toml
 
-Each run is the real command (``python train.py --env ENV --seed N``; ``python -m bench.sb3_dqn ...``)
-under ``/usr/bin/time -v``, one at a time. Both follow one protocol, the environment's preset's run
-settings: a greedy evaluation every ``eval_interval`` steps by the same code on the same episode seeds,
-a 100-episode confirmation on other starts of any evaluation that reaches the early-stop target, the
-best evaluated weights kept, a stop once a confirmation reaches the target, at most the preset's
-``total_steps``, and a final 100-episode evaluation of the kept weights on other seeds again. A seed
-counts as solved when that final mean reaches the environment's registered threshold (MinAtar registers
+Each run is the real command (``python train.py --env ENV --seed N``; ``python -m bench.sb3_dqn ...``) under
+``/usr/bin/time -v``, one at a time, or ``--jobs`` at a time (a pool of processes on this machine: "every
+seed" claims on 20 seeds in the time of a few; each run's seconds then share the cores). Both follow one
+protocol, the environment's preset's run settings: a greedy evaluation every ``eval_interval`` steps by the
+same code on the same episode seeds, a 100-episode confirmation on other starts of any evaluation that reaches
+the early-stop target, the best evaluated weights kept, a stop once a confirmation reaches the target, at most
+the preset's ``total_steps``, and a final 100-episode evaluation of the kept weights on other seeds again. A
+seed counts as solved when that final mean reaches the environment's registered threshold (MinAtar registers
 none: there the final means are compared). Prints a table per seed and the medians; writes ``learning.json``
 and a plot of every seed's evaluation curve, ``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other
 environments).
@@ -23,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.sb3_dqn import RL_ZOO
@@ -117,6 +120,7 @@ def main() -> None:
                         help="SB3's steps at most: the preset's (as ours) or the Zoo's n_timesteps")
     parser.add_argument("--total-steps", type=int, default=None, help="steps at most for every run (default: the "
                         "preset's, or the Zoo's for SB3 with --sb3-budget zoo)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("train_flags", nargs="*", help="extra flags for train.py, after --")
     args = parser.parse_args()
@@ -129,19 +133,23 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     agents = ["dqn", "sb3"] if args.sb3 else ["dqn"]
     print(f"machine: {machine()}", flush=True)
-    rows = []
-    for seed in args.seeds:
-        for agent in agents:  # interleaved, so that a change in the machine's load hits both alike
-            if agent == "sb3" and args.sb3_seeds is not None and seed not in args.sb3_seeds:
-                continue
-            rows.append(run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget, args.total_steps))
-            row = rows[-1]
-            print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
-                  file=sys.stderr, flush=True)
+    # interleaved, so that a change in the machine's load hits both agents alike
+    jobs = [(agent, seed) for seed in args.seeds for agent in agents
+            if agent == "dqn" or args.sb3_seeds is None or seed in args.sb3_seeds]
+
+    def run(job: tuple[str, int]) -> dict:
+        agent, seed = job
+        row = run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget, args.total_steps)
+        print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
+              file=sys.stderr, flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a process; threads only wait on them
+        rows = list(pool.map(run, jobs))
     rows.sort(key=lambda row: (row["agent"], row["seed"]))
     print_table(rows)
     command = " ".join(["python -m bench.learning", *sys.argv[1:]])
-    summary = {"machine": machine(), "command": command, "env_id": args.env, "rows": rows}
+    summary = {"machine": machine(), "command": command, "env_id": args.env, "jobs": args.jobs, "rows": rows}
     stem = args.out / ("learning" if args.env == "CartPole-v1" else f"learning-{args.env.replace('/', '-')}")
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(rows, threshold, stem.with_suffix(".png"))
