@@ -51,6 +51,7 @@ class TensorBoardLog:
                     tf.summary.write(tags[i], values[i], steps[i], metadata=scalar_metadata)
 
         self._write_rows = write_rows
+        write_rows(np.array([], str), np.array([], np.int64), np.array([], np.float32))  # traced now, not mid-run
         with self.writer.as_default():
             hparams_api.hparams({name: value if isinstance(value, bool | int | float | str) else str(value)
                                  for name, value in hyperparameters.items()})

@@ -25,6 +25,8 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -105,6 +107,7 @@ def objective(trial: optuna.Trial, env_id: str, base: dict[str, Any], run: RunSe
         result = train_reporting(trial, config, settings, scores)
         scores.append(curve_score(result.evaluations, settings, solved=result.solved_step is not None))
         solved_steps.append(result.solved_step)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     trial.set_user_attr("solved_steps", solved_steps)
     trial.set_user_attr("config", config.to_dict())
     return sum(scores) / len(scores)

@@ -1,0 +1,161 @@
+"""tune.py: an Optuna study in SQLite by default or in a real PostgreSQL server, pruning, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT, assert_one_line_error, run_program
+
+import train
+import tune
+from dqn_config import DQNConfig
+from presets import read_preset
+
+# a trial on this budget takes a few seconds
+TINY = ["--env", "CartPole-v1", "--seeds", "0", "--total-steps", "600", "--eval-interval", "300",
+        "--eval-episodes", "2"]
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def finished(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in optuna.load_study(study_name=study, storage=storage).trials if t.state.is_finished()]
+
+
+def test_a_study_lives_in_sqlite_by_default_and_its_best_trial_becomes_a_preset(tmp_path):
+    result = run_program("tune.py", *TINY, "--trials", "2", "--out", str(tmp_path / "CartPole-v1.toml"))
+    assert result.returncode == 0, result.stderr
+    trials = finished(f"sqlite:///{tmp_path / 'optuna.db'}", "dqn-CartPole-v1")
+    assert len(trials) == 2
+    preset = read_preset(tmp_path / "CartPole-v1.toml")
+    best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
+    assert preset.matches("CartPole-v1") and preset.config == best.user_attrs["config"]
+    assert preset.run["total_steps"] == 600 and "dqn-CartPole-v1" in preset.source["from"]
+    assert (tmp_path / "CartPole-v1.history.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {tmp_path / 'CartPole-v1.toml'}" in result.stdout
+
+
+def test_a_trial_that_falls_behind_is_pruned_at_its_evaluation(tmp_path):
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    for _ in range(2):  # two earlier trials that held the target from their first evaluation
+        study.add_trial(optuna.trial.create_trial(value=475.0, intermediate_values={300: 475.0, 600: 475.0},
+                                                  distributions={}, params={}))
+    trial = study.ask()
+    settings = train.RunSettings(total_steps=600, eval_interval=300, eval_episodes=2, reward_threshold=475,
+                                 out=tmp_path / "run")
+    config = DQNConfig(hidden_sizes=(8,), learning_starts=600)  # never trains: far behind at step 300
+    with pytest.raises(optuna.TrialPruned):
+        tune.train_reporting(trial, config, settings, [])
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    (pruned,) = study.get_trials(states=[optuna.trial.TrialState.PRUNED])
+    assert list(pruned.intermediate_values) == [300] and pruned.intermediate_values[300] < 475.0 / 2
+
+
+def test_the_score_rewards_reaching_the_target_and_reaching_it_early():
+    settings = train.RunSettings(total_steps=1000, eval_interval=250, reward_threshold=100)
+    early = [{"mean": 50.0}, {"mean": 120.0, "confirmation_mean": 110.0}]
+    late = [{"mean": 50.0}, {"mean": 60.0}, {"mean": 90.0}, {"mean": 120.0, "confirmation_mean": 100.0}]
+    never = [{"mean": 50.0}, {"mean": 60.0}, {"mean": 90.0}, {"mean": 95.0}]
+    assert tune.curve_score(early, settings, solved=True) == (50 + 100 * 3) / 4
+    assert tune.curve_score(late, settings, solved=True) == (50 + 60 + 90 + 100) / 4
+    assert tune.curve_score(never, settings, solved=False) == (50 + 60 + 90 + 95) / 4
+    assert (tune.curve_score(early, settings, True) > tune.curve_score(late, settings, True)
+            > tune.curve_score(never, settings, False))
+
+
+def test_ctrl_c_ends_the_study_and_keeps_its_finished_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    process = subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *TINY, "--trials", "50", "--out",
+                                str(tmp_path / "CartPole-v1.toml")], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        try:
+            if finished(storage, "dqn-CartPole-v1"):
+                break
+        except KeyError:  # the study is not created yet
+            continue
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: finished trials are kept" in stderr
+    kept = finished(storage, "dqn-CartPole-v1")
+    assert 1 <= len(kept) < 50
+    assert read_preset(tmp_path / "CartPole-v1.toml").config in [t.user_attrs.get("config") for t in kept]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--storage", "nosuchdb://x/y"], ["--storage", "nosuchdb"]),
+    (["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/none"], ["--storage", "cannot open"]),
+    (["--storage", "not a url"], ["--storage"]),
+    (["--env", "NoSuchEnv-v0"], ["unknown environment", "NoSuchEnv-v0"]),
+    (["--env", "MinAtar/Breakout-v1"], ["--env", "no reward threshold"]),
+    (["--trials", "0"], ["--trials", "positive"]),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
+    result = run_program("tune.py", "--out", str(tmp_path / "p.toml"), *args)
+    assert result.returncode == 2
+    assert_one_line_error(result, *words)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server in a temporary folder, on a local port; its URL, and the server stopped
+    and its folder removed after. As root, the server runs as the `postgres` user (it refuses root)."""
+    if not (POSTGRES_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL server binaries in {POSTGRES_BIN}")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="dqn-postgres-"))
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    data, port = folder / "data", free_port()
+    subprocess.run([*as_user, POSTGRES_BIN / "initdb", "-D", data, "-U", "tuner", "--auth", "trust"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, POSTGRES_BIN / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "start", "-o",
+                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_user, POSTGRES_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "tuner",
+                        "optuna"], check=True, capture_output=True)
+        yield f"postgresql+psycopg://tuner@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*as_user, POSTGRES_BIN / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_in_postgresql(tmp_path, postgres):
+    command = [sys.executable, str(ROOT / "tune.py"), *TINY, "--trials", "4", "--storage", postgres, "--study",
+               "shared", "--pruner", "none"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    writer = subprocess.Popen([*command, "--out", str(tmp_path / "CartPole-v1.toml")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    helper = subprocess.Popen([*command, "--no-preset"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    for process in (helper, writer):
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) >= 4
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2, "both processes ran trials of the one study"
+    assert read_preset(tmp_path / "CartPole-v1.toml").config == study.best_trial.user_attrs["config"]
+    assert not (tmp_path / "optuna.db").exists()  # no SQLite fallback
