@@ -8,12 +8,14 @@ import pytest
 from conftest import ROOT
 
 import train
+import tune
 import visualize
 
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("parser", [train.build_parser(), visualize.build_parser()], ids=["train", "visualize"])
+@pytest.mark.parametrize("parser", [train.build_parser(), visualize.build_parser(), tune.build_parser()],
+                         ids=["train", "visualize", "tune"])
 def test_every_flag_is_in_the_readme(parser):
     flags = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
     flags -= {"--help", "--no-double-dqn"}  # documented beside --double-dqn
