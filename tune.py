@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,15 +174,22 @@ def open_study(storage: str, name: str, direction: str, pruner: str) -> optuna.S
     """
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna would log an interrupted trial as a failure with a traceback; `report_trial` says what happened
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
                "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
-    try:
-        return optuna.create_study(storage=optuna.storages.RDBStorage(storage), study_name=name,
-                                   direction=direction, pruner=pruners[pruner](), load_if_exists=True)
-    except Exception as error:  # SQLAlchemy's ArgumentError, OperationalError, NoSuchModuleError, ...
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot open the study in --storage {storage}: {first_line}") from error
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(5):
+        try:
+            return optuna.create_study(storage=optuna.storages.RDBStorage(storage), study_name=name,
+                                       direction=direction, pruner=pruners[pruner](), load_if_exists=True)
+        except IntegrityError:  # workers started together raced to create the tables or the study: join it
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as error:  # SQLAlchemy's ArgumentError, OperationalError, NoSuchModuleError, ...
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"cannot open the study in --storage {storage}: {first_line}") from error
+    raise UserError(f"cannot open the study in --storage {storage}: other workers kept creating it")
 
 
 def start_workers(count: int, argv: list[str], storage: str, study: str) -> list[subprocess.Popen]:
@@ -293,7 +301,17 @@ def optimize(study: optuna.Study, args: argparse.Namespace, base: dict[str, Any]
             return objective(trial, args.env, base, settings, args.seeds, space, Path(folder))
 
         if len(study.trials) < args.trials:
-            study.optimize(run_trial, n_trials=args.trials, callbacks=[stop_at_total], catch=())
+            study.optimize(run_trial, n_trials=args.trials, callbacks=[stop_at_total, report_trial], catch=())
+
+
+def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One line per trial this worker finished."""
+    if trial.value is not None:
+        outcome = f"score {trial.value:.1f}, solved at {trial.user_attrs.get('solved_steps')}"
+    else:
+        outcome = f"{trial.state.name.lower()} at step {trial.last_step}"
+    best = f"; best so far: trial {study.best_trial.number}" if any(t.value is not None for t in study.trials) else ""
+    print(f"trial {trial.number}: {outcome}{best}", flush=True)
 
 
 if __name__ == "__main__":
