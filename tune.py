@@ -6,7 +6,8 @@
                                                                     # join a shared study, from any machine
 
 Each trial samples a `DQNConfig` from the environment's search space (``presets/search/*.toml``: the
-default space, with the ranges an environment's own file replaces) over the environment's preset, and
+default space, with the ranges an environment's own file replaces) over the environment's preset (the
+first trial of a new study is the preset itself, so that the study starts from what it tries to beat), and
 trains it on each of ``--seeds`` with `train.run_training`, in this process. Its score is the area under
 its evaluation curve: the mean, over the evaluations of the whole step budget, of each evaluation's
 score capped at the early-stop target, where a run that stopped solved keeps the target to the end of
@@ -112,6 +113,19 @@ def objective(trial: optuna.Trial, env_id: str, base: dict[str, Any], run: RunSe
     trial.set_user_attr("solved_steps", solved_steps)
     trial.set_user_attr("config", config.to_dict())
     return sum(scores) / len(scores)
+
+
+def preset_params(base: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The preset's own values of the searched fields, as Optuna's parameters, where the space holds them: the
+    first trial of a new study, so that the study starts from the settings it tries to beat."""
+    params = {}
+    for name, entry in space.items():
+        value = list(base[name]) if isinstance(base.get(name), tuple | list) else base.get(name)
+        if "choices" in entry and value in entry["choices"]:
+            params[name] = json.dumps(value) if isinstance(value, list) else value
+        elif "low" in entry and value is not None and entry["low"] <= value <= entry["high"]:
+            params[name] = value
+    return params
 
 
 def train_reporting(trial: optuna.Trial, config: DQNConfig, settings: RunSettings,
@@ -269,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     study_name = args.study or f"dqn-{args.env.replace('/', '-')}"
     study = open_study(storage, study_name, "maximize", args.pruner)
     space = search_space(args.env)
+    if preset and not study.trials:
+        study.enqueue_trial(preset_params(preset.config, space), skip_if_exists=True)
     settings = RunSettings(**{**run, "env_id": args.env})
     worker_argv = [a for a in argv if a not in ("--no-preset",)]
     workers = start_workers(args.workers - 1, worker_argv, storage, study_name) if args.workers > 1 else []

@@ -88,7 +88,7 @@ def test_ctrl_c_ends_the_study_and_keeps_its_finished_trials(tmp_path):
         except KeyError:  # the study is not created yet
             continue
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted: finished trials are kept" in stderr
     kept = finished(storage, "dqn-CartPole-v1")
@@ -159,3 +159,12 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path, postgres):
     assert len(workers) == 2, "both processes ran trials of the one study"
     assert read_preset(tmp_path / "CartPole-v1.toml").config == study.best_trial.user_attrs["config"]
     assert not (tmp_path / "optuna.db").exists()  # no SQLite fallback
+
+
+def test_a_new_study_starts_from_the_environments_preset():
+    from presets import find_preset
+
+    space = tune.search_space("CartPole-v1")
+    params = tune.preset_params(find_preset("CartPole-v1").config, space)
+    assert set(params) == set(space)  # the preset lies inside its own search space
+    assert params["hidden_sizes"] == "[64, 64]" and params["learning_rate"] == 2.3e-3
