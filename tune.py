@@ -322,11 +322,14 @@ def optimize(study: optuna.Study, args: argparse.Namespace, base: dict[str, Any]
 
 def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One line per trial this worker finished."""
-    if trial.value is not None:
+    import optuna
+
+    if trial.state == optuna.trial.TrialState.COMPLETE:
         outcome = f"score {trial.value:.1f}, solved at {trial.user_attrs.get('solved_steps')}"
     else:
         outcome = f"{trial.state.name.lower()} at step {trial.last_step}"
-    best = f"; best so far: trial {study.best_trial.number}" if any(t.value is not None for t in study.trials) else ""
+    complete = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    best = f"; best so far: trial {study.best_trial.number}" if complete else ""
     print(f"trial {trial.number}: {outcome}{best}", flush=True)
 
 
