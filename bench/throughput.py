@@ -3,9 +3,9 @@
     python -m bench.throughput
 
 Runs ``train.py`` for 20,000 CartPole-v1 steps (no early stop, one evaluation episode at the end) in
-three update schedules, each under ``/usr/bin/time -v``: the defaults (128 gradient steps every 256
-environment steps, i.e. 0.5 per step), one gradient step per environment step done 4 at a time, and one
-gradient step after every single environment step. Steps/s excludes the evaluation episode. Then the
+three update schedules, each under ``/usr/bin/time -v``: 128 gradient steps every 256 environment steps
+(0.5 per step, the defaults until tune.py found others), one gradient step per environment step done 4 at
+a time, and one gradient step after every single environment step. Steps/s excludes the evaluation episode. Then the
 tutorial loop (``bench.tutorial_loop``) over a short window. Writes ``throughput.json`` into ``--out``.
 """
 
@@ -19,8 +19,10 @@ from pathlib import Path
 
 from bench.timed import machine, run_timed
 
+# the batch and buffer of the defaults until tune.py found others, so that the figures stay comparable
+EARLIER_DEFAULTS = ["--batch-size", "64", "--buffer-size", "100000"]
 SCHEDULES = {
-    "defaults: 128 gradient steps every 256 env steps": [],
+    "128 gradient steps every 256 env steps": ["--train-frequency", "256"],
     "1 gradient step per env step, 4 every 4 steps": ["--train-frequency", "4", "--gradient-steps", "4"],
     "1 gradient step after every env step": ["--train-frequency", "1", "--gradient-steps", "1"],
 }
@@ -40,7 +42,7 @@ def main() -> None:
     for name, flags in SCHEDULES.items():
         timed = run_timed("train.py", "--total-steps", str(args.steps), "--no-early-stop", "--learning-starts", "64",
                           "--eval-interval", str(args.steps), "--eval-episodes", "1", "--final-eval-episodes", "1",
-                          "--no-progress", "--out", str(runs / "throughput"), *flags)
+                          "--no-progress", "--out", str(runs / "throughput"), *EARLIER_DEFAULTS, *flags)
         if timed.returncode != 0:
             sys.exit(f"bench: train.py failed:\n{timed.stderr[-2000:]}")
         record = json.loads((runs / "throughput.json").read_text())
