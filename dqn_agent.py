@@ -152,11 +152,11 @@ class DeepQLearning:
         self._training_phase = self._compile_training_phase()
 
     def _build_optimizer(self) -> keras.optimizers.Optimizer:
-        """Adam, or RMSprop as in the Nature paper (decay 0.95, epsilon 0.01, centred); the global gradient
-        norm is clipped, as Stable-Baselines3 does, to survive rare huge TD errors."""
+        """Adam, or RMSprop as in the Nature paper (decay 0.95, centred, `rmsprop_epsilon` under the square root);
+        the global gradient norm is clipped, as Stable-Baselines3 does, to survive rare huge TD errors."""
         if self.config.optimizer == "rmsprop":
-            return keras.optimizers.RMSprop(self.config.learning_rate, rho=0.95, epsilon=0.01, centered=True,
-                                            global_clipnorm=self.config.max_grad_norm)
+            return keras.optimizers.RMSprop(self.config.learning_rate, rho=0.95, epsilon=self.config.rmsprop_epsilon,
+                                            centered=True, global_clipnorm=self.config.max_grad_norm)
         return keras.optimizers.Adam(self.config.learning_rate, global_clipnorm=self.config.max_grad_norm)
 
     # ---------------------------------------------------------------------------------- acting

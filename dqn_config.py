@@ -58,7 +58,10 @@ class DQNConfig:
     loss: str = _param("mse", "TD loss on the taken action's Q-value: mse or huber")
     double_dqn: bool = _param(True, "choose a' with the main network and value it with the target network")
     max_grad_norm: float = _param(10.0, "clip the global gradient norm to this value")
-    optimizer: str = _param("adam", "adam, or rmsprop as in the Nature paper (decay 0.95, epsilon 0.01, centred)")
+    optimizer: str = _param("adam", "adam, or rmsprop as in the Nature paper (decay 0.95, centred)")
+    rmsprop_epsilon: float = _param(0.01, "RMSprop's epsilon, added to the mean square inside the square root as "
+                                    "in the Nature paper and Keras (PyTorch adds it outside: its 0.01 is about "
+                                    "1e-4 here)")
     network: str = _param("auto", "Q-network: auto (mlp for a vector; for an image nature_cnn if at least 36x36, "
                           "else minatar_cnn), mlp, nature_cnn or minatar_cnn")
     clip_rewards: bool = _param(False, "learn from rewards clipped to [-1, 1], as the Nature paper does on Atari "
@@ -69,7 +72,7 @@ class DQNConfig:
         if not self.hidden_sizes or any(units <= 0 for units in self.hidden_sizes):
             raise ConfigError("hidden_sizes", f"must be one or more positive sizes, got {list(self.hidden_sizes)}")
         for name in ("learning_rate", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
-                     "target_update_interval", "max_grad_norm"):
+                     "target_update_interval", "max_grad_norm", "rmsprop_epsilon"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         for name in ("learning_starts", "epsilon_decay_steps"):

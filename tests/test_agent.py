@@ -104,6 +104,8 @@ def test_a_training_phase_moves_the_taken_actions_q_value_towards_the_target(opt
     loss, mean_max_q = agent.training_phase(50)
     after = agent.q_values(state[None])[0]
     assert type(agent.optimizer).__name__.lower() == optimizer
+    if optimizer == "rmsprop":
+        assert agent.optimizer.epsilon == agent.config.rmsprop_epsilon and agent.optimizer.centered
     assert loss > 0 and abs(after[0] - 10.0) < abs(before[0] - 10.0) - 0.1
     assert before.max() - 1 < mean_max_q < after.max() + 1  # the batch is this one state
 
