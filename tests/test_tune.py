@@ -165,6 +165,8 @@ def test_a_new_study_starts_from_the_environments_preset():
     from presets import find_preset
 
     space = tune.search_space("CartPole-v1")
-    params = tune.preset_params(find_preset("CartPole-v1").config, space)
+    preset = find_preset("CartPole-v1").config
+    params = tune.preset_params(preset, space)
     assert set(params) == set(space)  # the preset lies inside its own search space
-    assert params["hidden_sizes"] == "[64, 64]" and params["learning_rate"] == 2.3e-3
+    assert params["hidden_sizes"] == "[64, 64]" and params["learning_rate"] == preset["learning_rate"]
+    assert tune.preset_params({**preset, "learning_rate": 1.0}, space).keys() == set(space) - {"learning_rate"}
