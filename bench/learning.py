@@ -32,7 +32,7 @@ from bench.sb3_dqn import RL_ZOO
 from bench.timed import machine, run_timed
 from environments import reward_threshold
 
-AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN, RL-Zoo settings"}
+AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN (RL-Zoo settings; MinAtar: ours)"}
 
 
 def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], sb3_budget: str,
