@@ -104,6 +104,25 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a checkpoint written by train.py ({type(error).__name__}: {error})") from error
 
 
+def unfinished_run_step(stem: Path) -> int | None:
+    """The step of the last checkpoint of the run at `stem` if that run stopped without its final record
+    (``STEM.json``), as a killed run does; None if there is no such checkpoint.
+    """
+    path = checkpoint_path(stem)
+    if not path.is_file():
+        return None
+    try:
+        state = read_checkpoint_state(path)
+        record_path = stem.with_name(stem.name + ".json")
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    except (UserError, ValueError, OSError):
+        return None
+    checkpoint_run, checkpoint_step = state["result"]["run_id"], state["result"]["steps"]
+    if record.get("run_id") == checkpoint_run and record.get("steps", 0) >= checkpoint_step:
+        return None
+    return checkpoint_step
+
+
 def restore_checkpoint(path: Path, agent: DeepQLearning) -> Resumed:
     """Put the networks, optimizer, random generator and (if saved) replay buffer of `path` into `agent`.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -81,6 +82,24 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def remove_leftover_temporaries(paths: list[Path]) -> int:
+    """Delete the temporary files that `atomic_write` left beside `paths` when a kill -9 stopped it mid-write.
+
+    Only names `atomic_write` makes for these very paths are touched (``.NAME.XXXXXXXX`` plus NAME's suffix),
+    so the files of other runs in the same folder are left alone.
+
+    :return: how many files were deleted.
+    """
+    removed = 0
+    for path in paths:
+        pattern = re.compile(rf"\.{re.escape(path.name)}\.\w{{8}}{re.escape(''.join(path.suffixes))}")
+        for leftover in path.parent.iterdir() if path.parent.is_dir() else ():
+            if pattern.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _umask() -> int:

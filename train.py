@@ -31,7 +31,14 @@ import gymnasium as gym
 import numpy as np
 
 from agent_files import describe, save_agent, weights_path
-from checkpoints import Resumed, checkpoint_path, read_checkpoint_state, restore_checkpoint, save_checkpoint
+from checkpoints import (
+    Resumed,
+    checkpoint_path,
+    read_checkpoint_state,
+    restore_checkpoint,
+    save_checkpoint,
+    unfinished_run_step,
+)
 from common import (
     OneLineErrorParser,
     UserError,
@@ -40,6 +47,7 @@ from common import (
     ensure_writable_dir,
     evaluate_policy,
     import_agent_class,
+    remove_leftover_temporaries,
     run_cli,
     summarize,
 )
@@ -481,22 +489,10 @@ def resume_command(parser: argparse.ArgumentParser, stem: Path, given: dict, pro
                    resume=checkpoint_path(stem))
 
 
-def unfinished_run_note(stem: Path) -> str | None:
-    """One line if the checkpoint at `stem` is newer than its final record (a run killed before its end)."""
-    path = checkpoint_path(stem)
-    if not path.is_file():
-        return None
-    try:
-        state = read_checkpoint_state(path)
-        record_path = stem.with_name(stem.name + ".json")
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    except (UserError, ValueError, OSError):
-        return None
-    checkpoint_run, checkpoint_step = state["result"]["run_id"], state["result"]["steps"]
-    if record.get("run_id") == checkpoint_run and record.get("steps", 0) >= checkpoint_step:
-        return None
-    return (f"train.py: the run at {stem} stopped at step {checkpoint_step} without its final record (killed?); "
-            f"continue it with: python train.py --resume {shlex.quote(str(stem))}")
+def run_files(stem: Path) -> list[Path]:
+    """The files a run writes at `stem`."""
+    return [weights_path(stem), checkpoint_path(stem),
+            *(stem.with_name(stem.name + suffix) for suffix in (".json", ".csv", ".png"))]
 
 
 def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
@@ -575,8 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = parse_args(argv)
     settings = command.settings
-    if command.resume is None and (note := unfinished_run_note(settings.out)):
-        print(f"{note} (this new run replaces its checkpoint at its first evaluation)", file=sys.stderr)
+    stem = settings.out
+    if command.resume is None and (stopped_at := unfinished_run_step(stem)) is not None:
+        print(f"train.py: the run at {stem} stopped at step {stopped_at} without its final record (killed?); "
+              f"continue it with: python train.py --resume {shlex.quote(str(stem))} (this new run replaces its "
+              "checkpoint at its first evaluation)", file=sys.stderr)
+    if removed := remove_leftover_temporaries(run_files(stem)):
+        print(f"train.py: deleted {removed} temporary file(s) that a killed run left beside {stem}", file=sys.stderr)
     agent = build_agent(settings, command.config)
     resumed = restore_checkpoint(command.resume, agent) if command.resume else None
     log = open_log(command, agent, resumed)
@@ -584,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     if log:
         log.write(result.steps)
         log.close()
-    stem, weights = settings.out, weights_path(settings.out)
+    weights = weights_path(stem)
     interrupted = result.stop_reason == "interrupted"
     resume_hint = f"continue it with: python train.py --resume {shlex.quote(str(stem))}"
     if not result.weights_saved:

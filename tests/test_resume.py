@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,7 +20,7 @@ from test_train_cli import QUICK, quick_settings
 
 import train
 from agent_files import load_agent, read_description
-from checkpoints import checkpoint_path, read_checkpoint_state, restore_checkpoint
+from checkpoints import checkpoint_path, read_checkpoint_state, restore_checkpoint, unfinished_run_step
 
 # QUICK's run, on 1,200 steps with an evaluation every 300
 LONGER = [*QUICK[2:], "--total-steps", "1200", "--no-early-stop"]
@@ -104,17 +105,22 @@ def test_resume_refuses_other_settings_a_missing_checkpoint_and_a_budget_already
 def test_an_unfinished_run_is_reported_with_the_command_that_continues_it(tmp_path):
     settings, config = quick_settings(tmp_path, total_steps=300, eval_interval=300)
     result = train.run_training(train.build_agent(settings, config), settings, progress=False)
-    note = train.unfinished_run_note(settings.out)
-    assert "stopped at step 300" in note and f"python train.py --resume {settings.out}" in note
+    assert unfinished_run_step(settings.out) == 300
     record = {"run_id": result.run_id, "steps": 300}
     settings.out.with_name("run.json").write_text(json.dumps(record))
-    assert train.unfinished_run_note(settings.out) is None
+    assert unfinished_run_step(settings.out) is None
 
 
 def kill_during_save(stem, suffix: str, nth: int, hidden: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, suffix, str(nth), *LONGER, "--hidden-sizes",
                            hidden, "--out", str(stem)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Files in `folder` other than the run's own, its TensorBoard logs and the test's own."""
+    own = {"agent.weights.h5", "agent.checkpoint.h5", "agent.json", "agent.csv", "agent.png", "runs", "agent.mp4"}
+    return sorted(path for path in folder.iterdir() if path.name not in own)
 
 
 def test_kill_9_at_any_moment_leaves_files_that_load_as_one_agent(tmp_path):
@@ -131,15 +137,24 @@ def test_kill_9_at_any_moment_leaves_files_that_load_as_one_agent(tmp_path):
     killed = kill_during_save(stem, ".weights.h5", 1, "24")
     assert killed.returncode == -signal.SIGKILL
     assert loaded_network() == (8,)
-    # killed while saving a checkpoint, after its first weights: the new agent, whole
-    assert kill_during_save(stem, ".checkpoint.h5", 2, "24").returncode == -signal.SIGKILL
+    (unfinished,) = leftovers(tmp_path)  # the new weights, written in full but never renamed
+    assert unfinished.name.startswith(".agent.weights.h5.")
+    # killed while saving a checkpoint, after its first weights: the new agent, whole; the start deleted the leftover
+    killed = kill_during_save(stem, ".checkpoint.h5", 2, "24")
+    assert killed.returncode == -signal.SIGKILL
+    assert "deleted 1 temporary file(s) that a killed run left" in killed.stderr
     assert loaded_network() == (24,)
-    # killed while writing its record at the very end: weights load, and the next start says how to continue
+    # killed while writing its record at the very end: weights load, and both commands say how to continue
     assert kill_during_save(stem, ".json", 1, "16").returncode == -signal.SIGKILL
     assert loaded_network() == (16,)
-    assert "python train.py --resume" in train.unfinished_run_note(stem)
+    shown = run_program("visualize.py", "--weights", str(weights), "--out", str(tmp_path / "agent.mp4"))
+    assert shown.returncode == 0, shown.stderr
+    assert "stopped at step 1200 without its final record (killed?)" in shown.stderr
+    assert f"python train.py --resume {stem}" in shown.stderr
     resumed = run_program("train.py", "--resume", str(stem), "--total-steps", "1500", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
+    assert "deleted 1 temporary file(s) that a killed run left" in resumed.stderr
+    assert leftovers(tmp_path) == []
     assert json.loads(stem.with_name("agent.json").read_text())["steps"] == 1500
 
     # killed at an arbitrary moment of a longer run, once its weights have replaced the earlier agent's
