@@ -67,6 +67,20 @@ def ensure_writable_dir(directory: Path, what: str) -> None:
         raise UserError(f"cannot write to {directory}/ ({error.strerror or error}); pass a writable {what}") from error
 
 
+MAX_SEED = 2**31 - 1  # evaluation seeds add offsets to a run's seed; NumPy and Gymnasium take seeds below 2**32
+
+
+def seed_argument(text: str) -> int:
+    """argparse type of a seed: an integer from 0 to `MAX_SEED`, else argparse's one-line error."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number, got {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is from 0 to {MAX_SEED}, got {seed}")
+    return seed
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(temporary_path)`, then rename the temporary file over `path` in one step.
 

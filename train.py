@@ -49,6 +49,7 @@ from common import (
     import_agent_class,
     remove_leftover_temporaries,
     run_cli,
+    seed_argument,
     summarize,
 )
 from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, ConfigError, DQNConfig
@@ -339,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--env", default=defaults.env_id, help="Gymnasium environment id (vector observation, "
                      "discrete actions)")
-    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the whole run")
+    run.add_argument("--seed", type=seed_argument, default=defaults.seed, help="seed of the whole run")
     run.add_argument("--preset", type=Path, default=None,
                      help="a preset file to use instead of the environment's own (see --list-presets)")
     run.add_argument("--list-presets", action=ListPresets, help="list the presets and exit")

@@ -36,7 +36,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli
+from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli, seed_argument
 from dqn_config import ConfigError, DQNConfig
 from environments import make_env, reward_threshold
 from presets import PRESETS_DIR, RUN_FIELDS, find_preset, write_preset
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the best trial as a preset.")
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium environment id")
     parser.add_argument("--trials", type=int, default=40, help="trials in the study, counted over every worker")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1],
                         help="training seeds of each trial (the score is their mean)")
     parser.add_argument("--storage", default=None, help="an SQLAlchemy database URL shared by every worker, "
                         "such as postgresql+psycopg://user:password@host:5432/db (default: an SQLite file, "

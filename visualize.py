@@ -24,7 +24,7 @@ import numpy as np
 
 from agent_files import load_agent, read_description
 from checkpoints import unfinished_run_step
-from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli
+from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli, seed_argument
 from environments import make_env
 
 if TYPE_CHECKING:
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a STEM.weights.h5 written by train.py")
     parser.add_argument("--episodes", type=int, default=1, help="greedy episodes to play, all in one video")
     parser.add_argument("--out", type=Path, default=None, help="the mp4 to write (default: videos/STEM.mp4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode; the next use seed+1, ...")
+    parser.add_argument("--seed", type=seed_argument, default=0,
+                        help="seed of the first episode; the next use seed+1, ...")
     parser.add_argument("--fps", type=int, default=None, help="frames per second (default: the environment's)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF beside the mp4, small "
                         "enough for a README (every second frame, 300 pixels wide)")

@@ -16,7 +16,7 @@ the preset's ``total_steps``, and a final 100-episode evaluation of the kept wei
 seed counts as solved when that final mean reaches the environment's registered threshold (MinAtar registers
 none: there the final means are compared). Prints a table per seed and the medians; writes ``learning.json``
 and a plot of every seed's evaluation curve, ``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other
-environments).
+environments), both rewritten as each run ends.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.sb3_dqn import RL_ZOO
 from bench.timed import machine, run_timed
+from common import atomic_write_text, seed_argument
 from environments import reward_threshold
 
 AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN (RL-Zoo settings; MinAtar: ours)"}
@@ -105,13 +107,14 @@ def plot(rows: list[dict], threshold: float | None, path: Path) -> None:
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Seeds of training, beside SB3 with the RL-Zoo's settings if asked.")
     parser.add_argument("--env", default="CartPole-v1",
                         help="an environment with a registered reward threshold, or a MinAtar game")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--sb3", action="store_true", help="also run SB3's DQN with the RL-Zoo's settings for --env "
                         "(needs bench/requirements-sb3.txt)")
     parser.add_argument("--sb3-seeds", type=int, nargs="+", default=None,
@@ -137,24 +140,27 @@ def main() -> None:
     jobs = [(agent, seed) for seed in args.seeds for agent in agents
             if agent == "dqn" or args.sb3_seeds is None or seed in args.sb3_seeds]
 
-    def run(job: tuple[str, int]) -> dict:
+    stem = args.out / ("learning" if args.env == "CartPole-v1" else f"learning-{args.env.replace('/', '-')}")
+    command = " ".join(["python -m bench.learning", *sys.argv[1:]])
+    rows: list[dict] = []
+    lock = threading.Lock()
+
+    def run(job: tuple[str, int]) -> None:
         agent, seed = job
         row = run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget, args.total_steps)
         print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
               file=sys.stderr, flush=True)
-        return row
+        with lock:  # the summary is rewritten as each run ends, so a stopped bench keeps the runs that finished
+            rows.append(row)
+            rows.sort(key=lambda row: (row["agent"], row["seed"]))
+            summary = {"machine": machine(), "command": command, "env_id": args.env, "jobs": args.jobs, "rows": rows}
+            atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+            plot(rows, threshold, stem.with_suffix(".png"))
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a process; threads only wait on them
-        rows = list(pool.map(run, jobs))
-    rows.sort(key=lambda row: (row["agent"], row["seed"]))
+        list(pool.map(run, jobs))
     print_table(rows)
-    command = " ".join(["python -m bench.learning", *sys.argv[1:]])
-    summary = {"machine": machine(), "command": command, "env_id": args.env, "jobs": args.jobs, "rows": rows}
-    stem = args.out / ("learning" if args.env == "CartPole-v1" else f"learning-{args.env.replace('/', '-')}")
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(rows, threshold, stem.with_suffix(".png"))
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
-
 
 if __name__ == "__main__":
     main()

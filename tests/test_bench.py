@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT
@@ -13,13 +14,20 @@ from test_train_cli import QUICK
 
 
 @pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
-def test_learning_bench_tabulates_a_real_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.learning", "--seeds", "3", "--out", str(tmp_path), "--",
-                             *QUICK], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    (row,) = json.loads((tmp_path / "learning.json").read_text())["rows"]
+def test_learning_bench_tabulates_real_runs_and_keeps_each_as_it_ends(tmp_path):
+    bench = subprocess.Popen([sys.executable, "-m", "bench.learning", "--seeds", "3", "4", "--out", str(tmp_path), "--",
+                              *QUICK], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    summary = tmp_path / "learning.json"
+    deadline = time.monotonic() + 300
+    while not summary.exists() and bench.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # written when the first run ended, while the second still runs: a stopped bench keeps the first
+    assert [row["seed"] for row in json.loads(summary.read_text())["rows"]] == [3]
+    stdout, stderr = bench.communicate(timeout=300)
+    assert bench.returncode == 0, stderr
+    row, _ = json.loads(summary.read_text())["rows"]
     assert row["agent"] == "dqn" and row["seed"] == 3 and row["steps"] == 600
     assert row["peak_mb"] > 100 and row["process_seconds"] > row["seconds"] > 0
     assert len(row["evaluations"]) == 2 and row["solved"] is False  # 600 steps do not solve CartPole
-    assert "| dqn | 3 |" in result.stdout
+    assert "| dqn | 3 |" in stdout and "| dqn | 4 |" in stdout
     assert (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"

@@ -43,6 +43,8 @@ QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency"
     (["--gamma", "-0.1"], ["--gamma", "[0, 1]"]),
     (["--optimizer", "sgd"], ["--optimizer", "invalid choice"]),
     (["--batch-size", "many"], ["--batch-size", "invalid int"]),
+    (["--seed", "-1"], ["--seed", "from 0 to"]),
+    (["--seed", "1e3"], ["--seed", "whole number"]),
     (["--no-such-flag"], ["unrecognized"]),
 ])
 def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, words):

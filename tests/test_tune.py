@@ -103,6 +103,7 @@ def test_ctrl_c_ends_the_study_and_keeps_its_finished_trials(tmp_path):
     (["--env", "NoSuchEnv-v0"], ["unknown environment", "NoSuchEnv-v0"]),
     (["--env", "MinAtar/Breakout-v1"], ["--env", "no reward threshold"]),
     (["--trials", "0"], ["--trials", "positive"]),
+    (["--seeds", "0", "-2"], ["--seeds", "from 0 to"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
     result = run_program("tune.py", "--out", str(tmp_path / "p.toml"), *args)

@@ -134,6 +134,10 @@ def test_episodes_must_be_positive(weights, episodes):
     assert_one_line_error(result, "--episodes", "positive")
 
 
+def test_a_seed_gymnasium_cannot_take_is_one_line(weights):
+    assert_one_line_error(run_program("visualize.py", "--weights", str(weights), "--seed", "-1"), "--seed", "from 0 to")
+
+
 def test_the_shipped_agent_plays_right_after_install(tmp_path):
     """The default weights in models/ exist, load, and balance CartPole for the full 500 steps."""
     video = tmp_path / "shipped.mp4"
