@@ -48,7 +48,7 @@ def checkpoint_path(stem: Path) -> Path:
 class Resumed:
     """What `restore_checkpoint` hands back to the training loop.
 
-    :param state: the JSON part: ``step``, ``settings``, ``config``, ``result``, ``loop`` and ``description``.
+    :param state: the JSON part: ``settings``, ``config``, ``result``, ``loop``, ``preset`` and ``rng``.
     :param env: the training environment as it was, or None if it could not be pickled.
     :param observation: the observation the agent was in, or None with `env`.
     """

@@ -216,8 +216,7 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                         "tensorboard": log and str(log.directory)}
                 save_checkpoint(checkpoint_path(settings.out), agent,
                                 {"settings": settings.to_dict(), "config": config.to_dict(), "loop": loop,
-                                 "result": dataclasses.asdict(result), "description": description,
-                                 "preset": preset},
+                                 "result": dataclasses.asdict(result), "preset": preset},
                                 env, state, settings.checkpoint_buffer)
                 if on_evaluation:
                     on_evaluation(step, evaluation)
