@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -172,9 +173,18 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_cli(main: Callable[[list[str] | None], int]) -> None:
-    """Run a command's `main` and exit with its status; a UserError becomes one line on stderr, exit 2."""
+    """Run a command's `main` and exit with its status; a UserError becomes one line on stderr, exit 2.
+
+    SIGTERM (``kill``, ``docker stop``, a batch scheduler's time limit) stops it as Ctrl-C does: what was
+    written so far is kept, and train.py says how to resume.
+    """
     program = Path(sys.argv[0]).name
+    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     try:
         status = main(None)
     except UserError as error:

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_program
 from test_train_cli import QUICK
 
 
@@ -31,3 +31,16 @@ def test_learning_bench_tabulates_real_runs_and_keeps_each_as_it_ends(tmp_path):
     assert len(row["evaluations"]) == 2 and row["solved"] is False  # 600 steps do not solve CartPole
     assert "| dqn | 3 |" in stdout and "| dqn | 4 |" in stdout
     assert (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curve_of_a_run_without_its_record_is_read_from_its_checkpoint(tmp_path):
+    stem = tmp_path / "run"
+    assert run_program("train.py", *QUICK, "--no-early-stop", "--out", str(stem)).returncode == 0
+    stem.with_name("run.json").unlink()  # as a run that is still going, or was killed, has none
+    curve = subprocess.run([sys.executable, "-m", "bench.curve", str(stem), "--out", str(tmp_path / "curve")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert curve.returncode == 0, curve.stderr
+    assert "CartPole-v1: 600 steps" in curve.stdout
+    assert "| 300 |" in curve.stdout and "| 600 |" in curve.stdout
+    assert (tmp_path / "curve.csv").read_text() == (tmp_path / "run.csv").read_text()
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -84,7 +84,8 @@ def test_short_run_writes_all_its_files(tmp_path):
     assert [p.name.startswith("run-seed0-") for p in (tmp_path / "sub" / "runs").iterdir()] == [True]
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_stops_cleanly_and_keeps_the_best_weights(tmp_path, stop):
     stem = tmp_path / "run"
     weights = tmp_path / "run.weights.h5"
     process = subprocess.Popen(
@@ -97,7 +98,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(tmp_path):
         time.sleep(0.2)
     assert weights.exists(), "no evaluation was saved in time"
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Traceback" not in stderr
