@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,6 +122,16 @@ def unfinished_run_step(stem: Path) -> int | None:
     if record.get("run_id") == checkpoint_run and record.get("steps", 0) >= checkpoint_step:
         return None
     return checkpoint_step
+
+
+def unfinished_run_note(stem: Path) -> str | None:
+    """What a command says of a run at `stem` that stopped without its final record, with the command that
+    continues it; None if there is no such run."""
+    step = unfinished_run_step(stem)
+    if step is None:
+        return None
+    return (f"the run at {stem} stopped at step {step} without its final record (killed?); continue it with: "
+            f"python train.py --resume {shlex.quote(str(stem))}")
 
 
 def restore_checkpoint(path: Path, agent: DeepQLearning) -> Resumed:

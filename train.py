@@ -37,7 +37,7 @@ from checkpoints import (
     read_checkpoint_state,
     restore_checkpoint,
     save_checkpoint,
-    unfinished_run_step,
+    unfinished_run_note,
 )
 from common import (
     OneLineErrorParser,
@@ -572,10 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     command = parse_args(argv)
     settings = command.settings
     stem = settings.out
-    if command.resume is None and (stopped_at := unfinished_run_step(stem)) is not None:
-        print(f"train.py: the run at {stem} stopped at step {stopped_at} without its final record (killed?); "
-              f"continue it with: python train.py --resume {shlex.quote(str(stem))} (this new run replaces its "
-              "checkpoint at its first evaluation)", file=sys.stderr)
+    if command.resume is None and (note := unfinished_run_note(stem)):
+        print(f"train.py: {note} (this new run replaces its checkpoint at its first evaluation)", file=sys.stderr)
     if removed := remove_leftover_temporaries(run_files(stem)):
         print(f"train.py: deleted {removed} temporary file(s) that a killed run left beside {stem}", file=sys.stderr)
     agent = build_agent(settings, command.config)

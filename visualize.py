@@ -11,7 +11,6 @@ weights file, so nothing needs repeating. Works headless. The weights file is on
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from agent_files import load_agent, read_description
-from checkpoints import unfinished_run_step
+from checkpoints import unfinished_run_note
 from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli, seed_argument
 from environments import make_env
 
@@ -197,10 +196,8 @@ def write_gif(video: Path, gif: Path, width: int = 300, frame_step: int = 2, col
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stem = args.weights.with_name(args.weights.name.removesuffix(".weights.h5"))
-    if (stopped_at := unfinished_run_step(stem)) is not None:
-        print(f"visualize.py: note: the run that writes {args.weights} stopped at step {stopped_at} without its final "
-              f"record (killed?); these are its best evaluated weights up to then; continue it with: python train.py "
-              f"--resume {shlex.quote(str(stem))}", file=sys.stderr)
+    if note := unfinished_run_note(stem):
+        print(f"visualize.py: note: {note} (these weights are its best evaluated ones up to then)", file=sys.stderr)
     agent, description = load_agent(args.weights)
     returns = record_video(agent, description["env_id"], args)
     for episode, episode_return in enumerate(returns):

@@ -11,9 +11,11 @@ the training it watches.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from checkpoints import checkpoint_path, read_checkpoint_state
+from common import UserError
 from train import TrainingResult, write_history
 
 
@@ -22,7 +24,10 @@ def main() -> None:
     parser.add_argument("stem", type=Path, help="the --out STEM of the run")
     parser.add_argument("--out", type=Path, required=True, help="stem of the CSV and PNG to write")
     args = parser.parse_args()
-    state = read_checkpoint_state(checkpoint_path(args.stem))
+    try:
+        state = read_checkpoint_state(checkpoint_path(args.stem))
+    except UserError as error:
+        sys.exit(f"bench.curve: error: {error}")
     result = TrainingResult(**state["result"])
     print(f"{state['settings']['env_id']}: {result.steps} steps in {result.seconds:.0f} s "
           f"({result.steps / result.seconds:.1f} steps/s, evaluations included; {result.eval_seconds:.0f} s of "

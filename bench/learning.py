@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--sb3", action="store_true", help="also run SB3's DQN with the RL-Zoo's settings for --env "
                         "(needs bench/requirements-sb3.txt)")
-    parser.add_argument("--sb3-seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--sb3-seeds", type=seed_argument, nargs="+", default=None,
                         help="run SB3 on these seeds only (default: all of --seeds)")
     parser.add_argument("--sb3-budget", choices=["preset", "zoo"], default="preset",
                         help="SB3's steps at most: the preset's (as ours) or the Zoo's n_timesteps")
@@ -161,6 +161,7 @@ def main() -> None:
         list(pool.map(run, jobs))
     print_table(rows)
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+
 
 if __name__ == "__main__":
     main()
