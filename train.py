@@ -200,14 +200,13 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                 result.eval_seconds += time.perf_counter() - eval_start
                 result.evaluations.append(evaluation)
                 last_eval_shown = f"{evaluation['mean']:.0f}"
-                confirmed = "confirmation_mean" in evaluation
-                score = evaluation["confirmation_mean"] if confirmed else evaluation["mean"]
+                score, confirmed = evaluation_score(evaluation)
                 if score > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
                     save_agent(agent, weights_path(settings.out), description)
                     result.best_eval_mean, result.best_eval_step = score, step
                     result.best_eval_confirmed = confirmed
                     result.best_weights_seconds = time.perf_counter() - start
-                if confirmed and score >= settings.reward_threshold:
+                if reached_target(evaluation, settings.reward_threshold):
                     result.solved_step = step
                     result.stop_reason = (f"solved: evaluation reached {settings.reward_threshold:g}, confirmed over "
                                           f"{settings.confirm_episodes} episodes")
@@ -254,6 +253,18 @@ def evaluate_checkpoint(policy: Callable[[np.ndarray], int], env: gym.Env, setti
                                        settings.seed + CONFIRM_SEED_OFFSET)
         evaluation.update(confirmation_mean=float(np.mean(confirmation)), confirmation_std=float(np.std(confirmation)))
     return evaluation
+
+
+def evaluation_score(evaluation: dict) -> tuple[float, bool]:
+    """How an evaluation ranks for keeping the best weights: the mean of its confirmation where it has
+    one (more episodes, from other starts), else its own mean; and whether it was confirmed."""
+    confirmed = "confirmation_mean" in evaluation
+    return evaluation["confirmation_mean" if confirmed else "mean"], confirmed
+
+
+def reached_target(evaluation: dict, threshold: float | None) -> bool:
+    """Whether an evaluation ends the run early: its confirmation reached the early-stop target."""
+    return threshold is not None and evaluation.get("confirmation_mean", -math.inf) >= threshold
 
 
 def write_history(stem: Path, result: TrainingResult, threshold: float | None) -> None:

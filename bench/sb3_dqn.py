@@ -27,7 +27,7 @@ import numpy as np
 from common import evaluate_policy
 from environments import make_env, reward_threshold
 from presets import find_preset
-from train import FINAL_EVAL_SEED_OFFSET, RunSettings, evaluate_checkpoint
+from train import FINAL_EVAL_SEED_OFFSET, RunSettings, evaluate_checkpoint, evaluation_score, reached_target
 
 # rl-baselines3-zoo, hyperparams/dqn.yml: n_timesteps, and the arguments of stable_baselines3.DQN
 _CLASSIC = {"learning_rate": 6.3e-4, "batch_size": 128, "buffer_size": 50_000, "learning_starts": 0, "gamma": 0.99,
@@ -141,13 +141,12 @@ def main() -> None:
             evaluation = evaluate_checkpoint(greedy, eval_env, settings, step)
             record["eval_seconds"] += time.perf_counter() - eval_start
             record["evaluations"].append(evaluation)
-            confirmed = "confirmation_mean" in evaluation
-            score = evaluation["confirmation_mean"] if confirmed else evaluation["mean"]
+            score, confirmed = evaluation_score(evaluation)
             if score > record["best_eval"]["mean"]:
                 best_policy["state"] = copy.deepcopy(model.policy.state_dict())
                 record["best_eval"] = {"step": step, "mean": score, "confirmed": confirmed,
                                        "seconds": round(time.perf_counter() - start, 2)}
-            if confirmed and score >= settings.reward_threshold:
+            if reached_target(evaluation, settings.reward_threshold):
                 record["solved_step"] = step
                 return False
             return True
