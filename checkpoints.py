@@ -96,8 +96,8 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
     :raises UserError: if there is no readable checkpoint at `path`.
     """
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}: --resume takes the --out STEM of a run that reached its first "
-                        "evaluation")
+        raise UserError(f"no checkpoint at {path}: give the --out STEM of a run that reached its first evaluation "
+                        "(a run writes its checkpoint there)")
     try:
         with h5py.File(path, "r") as file:
             return json.loads(file.attrs[STATE_ATTRIBUTE])

@@ -44,3 +44,13 @@ def test_curve_of_a_run_without_its_record_is_read_from_its_checkpoint(tmp_path)
     assert "| 300 |" in curve.stdout and "| 600 |" in curve.stdout
     assert (tmp_path / "curve.csv").read_text() == (tmp_path / "run.csv").read_text()
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curve_of_a_stem_without_a_checkpoint_is_one_line_and_a_non_zero_exit(tmp_path):
+    curve = subprocess.run([sys.executable, "-m", "bench.curve", str(tmp_path / "none"), "--out", str(tmp_path / "c")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert curve.returncode != 0 and curve.stdout == ""
+    assert curve.stderr.strip().splitlines() == [f"bench.curve: error: no checkpoint at {tmp_path / 'none'}"
+                                                 ".checkpoint.h5: give the --out STEM of a run that reached its first "
+                                                 "evaluation (a run writes its checkpoint there)"]
+    assert not list(tmp_path.iterdir())
