@@ -15,9 +15,11 @@ the budget. That rewards reaching the target, and reaching it early. Every evalu
 Optuna, whose pruner stops a trial that falls behind the others at the same point. Workers share
 nothing but the study's storage: the database and Optuna coordinate them.
 
-At the end (or at Ctrl-C, with every finished trial kept) the best trial is written as a preset file,
-``tuned/ENV_ID.toml`` by default, ready for ``python train.py --env ENV_ID --preset tuned/ENV_ID.toml``,
-with Optuna's pictures of the study beside it (``ENV_ID.history.png``, ``ENV_ID.importances.png``).
+At the end, once no worker is still running a trial of the study (or at Ctrl-C, with every finished trial
+kept), the best trial is written as a preset file, ``tuned/ENV_ID.toml`` by default, ready for
+``python train.py --env ENV_ID --preset tuned/ENV_ID.toml``, with Optuna's pictures of the study beside it
+(``ENV_ID.history.png``, ``ENV_ID.importances.png``). A worker that dies leaves no trial running for ever:
+each trial's heartbeat is in the storage, and a trial whose heartbeat stops is failed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     import optuna
 
 SEARCH_DIR = PRESETS_DIR / "search"
+HEARTBEAT_SECONDS = 15  # how often a worker marks each trial it runs as alive, in the study's storage
+STALE_SECONDS = 120  # a running trial with no heartbeat for this long is failed: its worker died
 
 
 def search_space(env_id: str, directory: Path = SEARCH_DIR) -> dict[str, dict[str, Any]]:
@@ -196,7 +201,11 @@ def open_study(storage: str, name: str, direction: str, pruner: str) -> optuna.S
 
     for attempt in range(5):
         try:
-            return optuna.create_study(storage=optuna.storages.RDBStorage(storage), study_name=name,
+            # heartbeats are marked experimental, as they have been since Optuna 2.9
+            with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+                database = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                      grace_period=STALE_SECONDS)
+            return optuna.create_study(storage=database, study_name=name,
                                        direction=direction, pruner=pruners[pruner](), load_if_exists=True)
         except IntegrityError:  # workers started together raced to create the tables or the study: join it
             time.sleep(0.2 * (attempt + 1))
@@ -291,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         optimize(study, args, preset.config if preset else {}, settings, space)
+        if not args.no_preset:
+            wait_for_running_trials(study)
     except KeyboardInterrupt:
         status = 130
         print("tune.py: interrupted: finished trials are kept in the study", file=sys.stderr)
@@ -318,6 +329,22 @@ def optimize(study: optuna.Study, args: argparse.Namespace, base: dict[str, Any]
 
         if len(study.trials) < args.trials:
             study.optimize(run_trial, n_trials=args.trials, callbacks=[stop_at_total, report_trial], catch=())
+
+
+def wait_for_running_trials(study: optuna.Study, poll_seconds: float = 2.0) -> None:
+    """Return once no trial of the study is running, so that the best trial is chosen from all of them: other
+    workers, on this machine or others, may still be running trials that beat it. A trial whose worker died
+    stops counting when its heartbeat is ``STALE_SECONDS`` old (Optuna then fails it)."""
+    import optuna
+
+    announced = False
+    while running := study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if not announced:
+            print(f"waiting for {len(running)} trial(s) still running in other workers", flush=True)
+            announced = True
+        with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_seconds)
 
 
 def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,30 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path, postgres):
     assert len(workers) == 2, "both processes ran trials of the one study"
     assert read_preset(tmp_path / "CartPole-v1.toml").config == study.best_trial.user_attrs["config"]
     assert not (tmp_path / "optuna.db").exists()  # no SQLite fallback
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the trials are asked for by hand, not optimized
+def test_the_preset_waits_for_trials_other_workers_still_run(tmp_path, capsys):
+    study = tune.open_study(f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", "none")
+    elsewhere = study.ask()  # a trial another worker is running
+    finisher = threading.Timer(1.0, study.tell, (elsewhere, 42.0))
+    finisher.start()
+    tune.wait_for_running_trials(study, poll_seconds=0.1)
+    finisher.join()
+    assert study.best_trial.number == elsewhere.number and study.best_value == 42.0
+    assert "waiting for 1 trial(s) still running" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_whose_worker_died_does_not_hold_the_preset_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "STALE_SECONDS", 1)
+    study = tune.open_study(f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", "none")
+    orphan = study.ask()
+    study._storage.record_heartbeat(orphan._trial_id)  # its worker's last sign of life, then nothing
+    started = time.monotonic()
+    tune.wait_for_running_trials(study, poll_seconds=0.2)
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert time.monotonic() - started < 30
 
 
 def test_a_new_study_starts_from_the_environments_preset():
