@@ -11,6 +11,7 @@ No TensorFlow is imported here: a description is read and checked with h5py alon
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -44,12 +45,23 @@ def save_agent(agent: DeepQLearning, path: Path, description: dict[str, Any]) ->
     :param path: a ``.weights.h5`` path.
     :param description: from `describe`.
     """
-    def write(temporary: Path) -> None:
-        agent.save(temporary)
-        with h5py.File(temporary, "a") as file:
-            file.attrs[DESCRIPTION_ATTRIBUTE] = json.dumps(description)
+    content = NamedBuffer(path.name)
+    agent.save(content)
+    with h5py.File(content, "a") as file:
+        file.attrs[DESCRIPTION_ATTRIBUTE] = json.dumps(description)
+    atomic_write(path, content.getbuffer())
 
-    atomic_write(path, write)
+
+class NamedBuffer(io.BytesIO):
+    """An in-memory file with a file name, for writers that choose the format from the name (Keras's
+    ``save_weights`` takes a ``.weights.h5`` name, and writes HDF5 into a `io.BytesIO` as into a file)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def read_description(path: str | os.PathLike) -> dict[str, Any]:

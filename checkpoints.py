@@ -18,6 +18,7 @@ Keras methods.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import shlex
@@ -73,21 +74,20 @@ def save_checkpoint(path: Path, agent: DeepQLearning, state: dict[str, Any], env
         episode = None
     state = {**state, "rng": agent.rng.bit_generator.state}
 
-    def write(temporary: Path) -> None:
-        with h5py.File(temporary, "w") as file:
-            file.attrs[STATE_ATTRIBUTE] = json.dumps(state)
-            for name, arrays in (("main", agent.main_network.get_weights()),
-                                 ("target", agent.target_network.get_weights()),
-                                 ("optimizer", [np.asarray(v) for v in agent.optimizer.variables])):
-                group = file.create_group(name)
-                for i, array in enumerate(arrays):
-                    group.create_dataset(str(i), data=array)
-            if episode is not None:
-                file.create_dataset("episode", data=np.void(episode))
-            if include_buffer:
-                _write_buffer(file.create_group("replay_buffer"), agent.replay_buffer)
-
-    atomic_write(path, write)
+    content = io.BytesIO()  # made in memory: a full disk fails the plain write below, never HDF5 mid-file
+    with h5py.File(content, "w") as file:
+        file.attrs[STATE_ATTRIBUTE] = json.dumps(state)
+        for name, arrays in (("main", agent.main_network.get_weights()),
+                             ("target", agent.target_network.get_weights()),
+                             ("optimizer", [np.asarray(v) for v in agent.optimizer.variables])):
+            group = file.create_group(name)
+            for i, array in enumerate(arrays):
+                group.create_dataset(str(i), data=array)
+        if episode is not None:
+            file.create_dataset("episode", data=np.void(episode))
+        if include_buffer:
+            _write_buffer(file.create_group("replay_buffer"), agent.replay_buffer)
+    atomic_write(path, content.getbuffer())
 
 
 def read_checkpoint_state(path: Path) -> dict[str, Any]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
+import io
 import os
 import re
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,21 +86,113 @@ def seed_argument(text: str) -> int:
     return seed
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary_path)`, then rename the temporary file over `path` in one step.
+# What an OSError of a write means, in words a user acts on.
+WRITE_PROBLEMS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.ENOENT: "its folder no longer exists",
+                  errno.ENOTDIR: "its folder no longer exists", errno.EACCES: "permission denied",
+                  errno.EPERM: "permission denied", errno.EIO: "an input/output error of the device"}
 
-    A crash or Ctrl-C while writing leaves the old `path` whole. The temporary file keeps `path`'s
-    suffix, because some writers (matplotlib, Keras) choose the format from it.
+
+class WriteError(UserError):
+    """A file that could not be written, said in one line naming the file and the cause; whatever was at the
+    path before is still there, whole.
+
+    :param path: the file that was being written.
+    :param error: the operating system's error.
     """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    os.close(descriptor)
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"{write_problem(error)} for {path}")
+        self.path = path
+
+
+def write_problem(error: BaseException) -> str:
+    """What went wrong in a failed write, in words: from its errno, or from the system's message inside the text
+    of a writer that wraps it in its own (moviepy's ffmpeg, TensorFlow's event writer)."""
+    code = getattr(error, "errno", None)
+    if code is None:
+        code = next((known for known in WRITE_PROBLEMS if os.strerror(known) in str(error)), None)
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return WRITE_PROBLEMS.get(code) or text.splitlines()[0]
+
+
+def atomic_write(path: Path, content: bytes | memoryview) -> None:
+    """Write `content` to a temporary file beside `path`, then rename it over `path` in one step.
+
+    The content is made in memory first (HDF5 files in an in-memory file, pictures in a buffer), so the
+    only writes to the disk are these plain ones: a full disk, a read-only or vanished folder is one
+    `WriteError`, the old `path` stays whole, and the temporary file is removed. A kill -9 mid-write can
+    leave the temporary file (``.NAME.XXXXXXXX`` plus NAME's suffix); `remove_leftover_temporaries` deletes it.
+
+    :raises WriteError: if any step fails.
+    """
+    temporary = None
     try:
-        write(Path(temporary))
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                                 suffix="".join(path.suffixes))
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())  # some file systems report a full disk only when the data reaches it
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's mode
         os.replace(temporary, path)
+    except OSError as error:
+        raise WriteError(path, error) from error
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        if temporary is not None and os.path.exists(temporary):
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+
+
+def figure_bytes(figure: Any, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes, made in memory (for `atomic_write`)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def lock_path(stem: Path) -> Path:
+    """``.NAME.lock`` beside the output stem NAME: the lock a run holds while it writes there."""
+    return stem.with_name(f".{stem.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(stem: Path, program: str) -> Iterator[None]:
+    """Hold the lock of an output stem while a run writes its files, so that a second run on the same stem
+    is refused instead of interleaving its files with the first's.
+
+    The lock is an ``flock`` on `lock_path`, which the operating system drops however the holder ends
+    (kill -9 included), so a killed run leaves no lock that blocks the next. The file says who holds it.
+
+    :param program: the command, for the message a second run gets.
+    :raises UserError: if another process holds the lock.
+    :raises WriteError: if the lock file cannot be made.
+    """
+    path = lock_path(stem)
+    while True:
+        try:
+            # held read-only, so that the folder can still be made read-only under a running run
+            descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise WriteError(path, error) from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 500, 0).decode(errors="replace").strip() or "a process"
+            os.close(descriptor)
+            raise UserError(f"{holder} is writing to {stem} now; wait for it to end, or give another --out") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        os.close(descriptor)  # its holder removed the file as it ended: lock the one that is there now
+    try:
+        with contextlib.suppress(OSError), open(path, "w") as holder:  # who holds it, for the message; closing this
+            holder.write(f"{program} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})")  # keeps the flock
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(descriptor)
 
 
 def remove_leftover_temporaries(paths: list[Path]) -> int:
@@ -125,7 +221,7 @@ def _umask() -> int:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
-    atomic_write(path, lambda temporary: temporary.write_text(text))
+    atomic_write(path, text.encode())
 
 
 def evaluate_policy(env: gym.Env, policy: Callable[[np.ndarray], int], episodes: int, seed: int) -> np.ndarray:
@@ -187,13 +283,17 @@ def run_cli(main: Callable[[list[str] | None], int]) -> None:
     signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     try:
         status = main(None)
+    except WriteError as error:  # not the user's input: the machine's; exit 1 as any failed run
+        print(f"{program}: error: {error}", file=sys.stderr)
+        status = 1
     except UserError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr)
         status = 130
-    except OSError as error:  # e.g. the disk filled up while writing; files written so far are whole
-        print(f"{program}: error: {error}", file=sys.stderr)
+    except OSError as error:  # any other failure of the operating system; files written so far are whole
+        print(f"{program}: error: {error.strerror or error}" + (f" for {error.filename}" if error.filename else ""),
+              file=sys.stderr)
         status = 1
     sys.exit(status)

@@ -54,6 +54,7 @@ References
 
 from __future__ import annotations
 
+import io
 import os
 from collections import deque
 from collections.abc import Callable
@@ -276,10 +277,10 @@ class DeepQLearning:
             target.assign(main if tau == 1.0 else tau * main + (1.0 - tau) * target)
 
     # ------------------------------------------------------------------------- save and load
-    def save(self, weights_path: str | os.PathLike) -> None:
+    def save(self, weights_path: str | os.PathLike | io.BytesIO) -> None:
         """Write the main network's weights (Keras 3 requires the ``.weights.h5`` suffix).
 
-        :param weights_path: where to write.
+        :param weights_path: where to write: a path, or an in-memory file whose ``str`` is such a name.
         """
         self.main_network.save_weights(weights_path, overwrite=True)
 

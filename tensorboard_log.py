@@ -11,15 +11,22 @@ CartPole steps, while a row written by the compiled call costs about 30 µs. Tag
 - ``eval/mean``, ``eval/std`` (and ``eval/confirmation_mean`` when confirmed): each greedy evaluation;
 - ``time/steps_per_second``: environment steps per second since the previous write;
 - the hyperparameters and run settings, in TensorBoard's HParams tab.
+
+The logs are an optional output: if they cannot be written (a full disk, a read-only or vanished folder),
+that is said once on stderr, the logs stop, and training goes on.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common import write_problem
 
 
 class TensorBoardLog:
@@ -36,6 +43,7 @@ class TensorBoardLog:
         from tensorboard.plugins.scalar import metadata
 
         self.directory = directory
+        self.failure: str | None = None
         self.writer = tf.summary.create_file_writer(str(directory))
         self.tags: list[str] = []
         self.steps: list[int] = []
@@ -72,9 +80,22 @@ class TensorBoardLog:
         if step > last_step:
             self.scalar("time/steps_per_second", step, (step - last_step) / (now - last_time))
         self.clock = (step, now)
-        self._write_rows(np.array(self.tags), np.array(self.steps, np.int64), np.array(self.values, np.float32))
-        self.writer.flush()
+        tags, steps, values = np.array(self.tags), np.array(self.steps, np.int64), np.array(self.values, np.float32)
         self.tags, self.steps, self.values = [], [], []
+        if self.failure is None:
+            self._guarded(lambda: (self._write_rows(tags, steps, values), self.writer.flush()))
 
     def close(self) -> None:
-        self.writer.close()
+        self._guarded(self.writer.close)
+
+    def _guarded(self, write: Callable[[], object]) -> None:
+        """Do a write of the event files; if it fails, say so once and stop writing."""
+        import tensorflow as tf
+
+        try:
+            write()
+        except (tf.errors.OpError, OSError) as error:
+            if self.failure is None:
+                self.failure = write_problem(error)
+                print(f"{Path(sys.argv[0]).name}: warning: TensorBoard logs stopped ({self.failure} for "
+                      f"{self.directory}); training goes on", file=sys.stderr)

@@ -25,6 +25,7 @@ each trial's heartbeat is in the storage, and a trial whose heartbeat stops is f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,7 +40,16 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli, seed_argument
+from common import (
+    OneLineErrorParser,
+    UserError,
+    atomic_write,
+    ensure_writable_dir,
+    figure_bytes,
+    output_lock,
+    run_cli,
+    seed_argument,
+)
 from dqn_config import ConfigError, DQNConfig
 from environments import make_env, reward_threshold
 from presets import PRESETS_DIR, RUN_FIELDS, find_preset, write_preset
@@ -264,8 +274,9 @@ def save_study_pictures(study: optuna.Study, stem: Path) -> list[Path]:
         figure = axes.get_figure()
         figure.set_size_inches(8, 4.5)
         figure.tight_layout()
-        atomic_write(path, lambda temporary, figure=figure: figure.savefig(temporary, dpi=90))
+        content = figure_bytes(figure, dpi=90)
         plt.close(figure)
+        atomic_write(path, content)
         written.append(path)
     return written
 
@@ -288,30 +299,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --env: {args.env} has no reward threshold, which the score is measured against")
     out = args.out or Path("tuned") / f"{args.env.replace('/', '-')}.toml"
     ensure_writable_dir(out.parent, "--out")
-    storage = args.storage or f"sqlite:///{out.parent / 'optuna.db'}"
-    study_name = args.study or f"dqn-{args.env.replace('/', '-')}"
-    study = open_study(storage, study_name, "maximize", args.pruner)
-    space = search_space(args.env)
-    if preset and not study.trials:
-        study.enqueue_trial(preset_params(preset.config, space), skip_if_exists=True)
-    settings = RunSettings(**{**run, "env_id": args.env})
-    worker_argv = [a for a in argv if a not in ("--no-preset",)]
-    workers = start_workers(args.workers - 1, worker_argv, storage, study_name) if args.workers > 1 else []
-    status = 0
-    try:
-        optimize(study, args, preset.config if preset else {}, settings, space)
+    # the worker that writes the preset holds its lock: a second tune.py writing the same --out is refused
+    with contextlib.nullcontext() if args.no_preset else output_lock(out, "tune.py"):
+        storage = args.storage or f"sqlite:///{out.parent / 'optuna.db'}"
+        study_name = args.study or f"dqn-{args.env.replace('/', '-')}"
+        study = open_study(storage, study_name, "maximize", args.pruner)
+        space = search_space(args.env)
+        if preset and not study.trials:
+            study.enqueue_trial(preset_params(preset.config, space), skip_if_exists=True)
+        settings = RunSettings(**{**run, "env_id": args.env})
+        worker_argv = [a for a in argv if a not in ("--no-preset",)]
+        workers = start_workers(args.workers - 1, worker_argv, storage, study_name) if args.workers > 1 else []
+        status = 0
+        try:
+            optimize(study, args, preset.config if preset else {}, settings, space)
+            if not args.no_preset:
+                wait_for_running_trials(study)
+        except KeyboardInterrupt:
+            status = 130
+            print("tune.py: interrupted: finished trials are kept in the study", file=sys.stderr)
+        finally:
+            for worker in workers:
+                worker.wait()
         if not args.no_preset:
-            wait_for_running_trials(study)
-    except KeyboardInterrupt:
-        status = 130
-        print("tune.py: interrupted: finished trials are kept in the study", file=sys.stderr)
-    finally:
-        for worker in workers:
-            worker.wait()
-    if not args.no_preset:
-        print(write_results(study, args.env, {name: run[name] for name in RUN_FIELDS if run[name] is not None},
-                            args.seeds, out))
-    return status
+            print(write_results(study, args.env, {name: run[name] for name in RUN_FIELDS if run[name] is not None},
+                                args.seeds, out))
+        return status
 
 
 def optimize(study: optuna.Study, args: argparse.Namespace, base: dict[str, Any], settings: RunSettings,

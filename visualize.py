@@ -11,6 +11,9 @@ weights file, so nothing needs repeating. Works headless. The weights file is on
 from __future__ import annotations
 
 import argparse
+import errno
+import io
+import os
 import shutil
 import sys
 import tempfile
@@ -23,7 +26,15 @@ import numpy as np
 
 from agent_files import load_agent, read_description
 from checkpoints import unfinished_run_note
-from common import OneLineErrorParser, UserError, atomic_write, ensure_writable_dir, run_cli, seed_argument
+from common import (
+    OneLineErrorParser,
+    UserError,
+    WriteError,
+    atomic_write,
+    ensure_writable_dir,
+    run_cli,
+    seed_argument,
+)
 from environments import make_env
 
 if TYPE_CHECKING:
@@ -149,8 +160,9 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
     if args.overlay:
         env = QValueOverlay(env, lambda state: agent.q_values(np.asarray(state)[None])[0],
                             action_names(env, env_id, agent.num_actions))
-    folder = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".recording-"))
+    folder = None
     try:
+        folder = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".recording-"))
         # one recording from the first reset to close(): a finite video_length keeps it going across resets
         env = RecordVideo(env, str(folder / "video"), name_prefix="video", episode_trigger=lambda episode: episode == 0,
                           video_length=sys.maxsize, fps=args.fps)
@@ -163,11 +175,34 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
                 episode_return += float(reward)
                 done = terminated or truncated
             returns.append(episode_return)
-        env.close()
-        (folder / "video" / "video-episode-0.mp4").replace(args.out)
+        env.close()  # the video is encoded here, into the temporary folder
+        video = folder / "video" / "video-episode-0.mp4"
+        check_video(video)
+        video.replace(args.out)
+    except OSError as error:  # a full disk or a vanished folder, also as moviepy reports ffmpeg's failure
+        raise WriteError(args.out, error) from error
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return returns
+
+
+def check_video(video: Path) -> None:
+    """Read the encoded video back through ffmpeg: moviepy does not notice when ffmpeg could write only part of it
+    (on a full disk it leaves a cut file, which no player opens).
+
+    :raises OSError: if the file is not a whole video (ENOSPC if its disk is full).
+    """
+    import imageio_ffmpeg
+
+    try:
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
+    except (RuntimeError, OSError):
+        frames = 0
+    if frames == 0:
+        full = os.statvfs(video.parent).f_bavail == 0
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code), str(video))
 
 
 def write_gif(video: Path, gif: Path, width: int = 300, frame_step: int = 2, colors: int = 16) -> None:
@@ -188,9 +223,10 @@ def write_gif(video: Path, gif: Path, width: int = 300, frame_step: int = 2, col
         frame_ms = round(1000 * frame_step / clip.fps)
     palette = frames[0].quantize(colors)
     frames = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
-    atomic_write(gif, lambda temporary: frames[0].save(temporary, format="GIF", save_all=True,
-                                                       append_images=frames[1:], duration=frame_ms, loop=0,
-                                                       optimize=True))
+    content = io.BytesIO()
+    frames[0].save(content, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0,
+                   optimize=True)
+    atomic_write(gif, content.getbuffer())
 
 
 def main(argv: list[str] | None = None) -> int:

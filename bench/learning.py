@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.sb3_dqn import RL_ZOO
 from bench.timed import machine, run_timed
-from common import atomic_write_text, seed_argument
+from common import atomic_write, atomic_write_text, figure_bytes, output_lock, run_cli, seed_argument
 from environments import reward_threshold
 
 AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN (RL-Zoo settings; MinAtar: ours)"}
@@ -106,8 +106,9 @@ def plot(rows: list[dict], threshold: float | None, path: Path) -> None:
         axis.set(title=AGENTS[agent], xlabel="environment step", ylabel="greedy evaluation (20 episodes)")
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    content = figure_bytes(figure, dpi=90)
     plt.close(figure)
+    atomic_write(path, content)
 
 
 def main() -> None:
@@ -157,11 +158,11 @@ def main() -> None:
             atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
             plot(rows, threshold, stem.with_suffix(".png"))
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a process; threads only wait on them
-        list(pool.map(run, jobs))
+    with output_lock(stem, "bench.learning"), ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(run, jobs))  # each job is a process; threads only wait on them
     print_table(rows)
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda _: main() or 0)  # a failed write of the results: one line, exit 1

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.timed import machine, run_timed
+from common import atomic_write_text, run_cli
 
 
 def training_rate(runs: Path, logs: list[str]) -> float:
@@ -85,8 +86,8 @@ def main() -> None:
     summary = {"machine": machine(), "command": " ".join(["python -m bench.overhead", *sys.argv[1:]]),
                "steps_per_second": rates, "medians": medians, "logging_cost": round(cost, 4),
                "checkpoint": checkpoints}
-    (args.out / "overhead.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.out / "overhead.json", json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda _: main() or 0)  # a failed write of the results: one line, exit 1

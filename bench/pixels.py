@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.timed import machine, run_timed
+from common import atomic_write_text, run_cli
 
 THROUGHPUT = {
     "ALE/Pong-v5": ["--total-steps", "6000", "--learning-starts", "1000"],
@@ -82,8 +83,8 @@ def main() -> None:
     summary = {"machine": machine(), "command": " ".join(["python -m bench.pixels", *sys.argv[1:]]),
                "throughput": rows, "bytes_per_transition": round(stored), "naive_bytes_per_transition": naive,
                "full_buffer_peak_mb": full["peak_mb"], "full_buffer_seconds": full["seconds"]}
-    (args.out / "pixels.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.out / "pixels.json", json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda _: main() or 0)  # a failed write of the results: one line, exit 1

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import evaluate_policy
+from common import atomic_write_text, evaluate_policy, run_cli
 from environments import make_env, reward_threshold
 from presets import find_preset
 from train import FINAL_EVAL_SEED_OFFSET, RunSettings, evaluate_checkpoint, evaluation_score, reached_target
@@ -162,8 +162,8 @@ def main() -> None:
     record["versions"] = {"stable_baselines3": __import__("stable_baselines3").__version__,
                           "torch": torch.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda _: main() or 0)  # a failed write of the results: one line, exit 1

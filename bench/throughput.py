@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from bench.timed import machine, run_timed
+from common import atomic_write_text, run_cli
 
 # the batch and buffer of the defaults until tune.py found others, so that the figures stay comparable
 EARLIER_DEFAULTS = ["--batch-size", "64", "--buffer-size", "100000"]
@@ -64,8 +65,8 @@ def main() -> None:
     print(f"1 gradient step after every env step: {strict / tutorial_rate:.0f} times the tutorial loop's steps/s")
     summary = {"machine": machine(), "command": " ".join(["python -m bench.throughput", *sys.argv[1:]]),
                "rows": rows, "tutorial_steps_per_second": tutorial_rate}
-    (args.out / "throughput.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.out / "throughput.json", json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda _: main() or 0)  # a failed write of the results: one line, exit 1

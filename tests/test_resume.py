@@ -92,14 +92,29 @@ def test_a_resumed_run_without_its_buffer_keeps_its_step_exploration_and_best_sc
     assert int(resumed_agent.optimizer.iterations.numpy()) == iterations + 20 * len(range(1000, 1201, 100))
 
 
-def test_resume_refuses_other_settings_a_missing_checkpoint_and_a_budget_already_spent(tmp_path):
+def test_resume_refuses_a_missing_checkpoint_and_a_budget_already_spent(tmp_path):
     assert_one_line_error(run_program("train.py", "--resume", str(tmp_path / "none")), "no checkpoint")
-    assert_one_line_error(run_program("train.py", "--resume", str(tmp_path / "x"), "--learning-rate", "0.1"),
-                          "--resume", "--learning-rate")
     settings, config = quick_settings(tmp_path, total_steps=300, eval_interval=300)
     train.run_training(train.build_agent(settings, config), settings, progress=False)
     assert_one_line_error(run_program("train.py", "--resume", str(settings.out)), "already at step 300",
                           "--total-steps")
+
+
+def test_resume_accepts_the_runs_own_flags_and_refuses_other_values_naming_both(tmp_path):
+    stem = tmp_path / "run"
+    original = [*QUICK, "--no-early-stop", "--seed", "3", "--learning-rate", "0.002", "--out", str(stem)]
+    assert run_program("train.py", *original).returncode == 0  # 600 steps
+    # the original command with --resume added (and a larger budget): the same values change nothing
+    resumed = run_program("train.py", *original, "--resume", str(stem), "--total-steps", "900")
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads(stem.with_name("run.json").read_text())
+    assert record["steps"] == 900 and record["seed"] == 3 and record["config"]["learning_rate"] == 0.002
+    for flag, value, own in (("--learning-rate", "0.1", "0.002"), ("--seed", "4", "3"), ("--hidden-sizes", "32", "16"),
+                             ("--eval-interval", "100", "300")):
+        refused = run_program("train.py", "--resume", str(stem), "--total-steps", "1200", flag, value)
+        assert_one_line_error(refused, flag, f"has {own}, not {value}")
+    assert_one_line_error(run_program("train.py", "--resume", str(stem), "--total-steps", "1200", "--env",
+                                      "Acrobot-v1"), "--env", "has CartPole-v1, not Acrobot-v1")
 
 
 def test_an_unfinished_run_is_reported_with_the_command_that_continues_it(tmp_path):
@@ -118,8 +133,10 @@ def kill_during_save(stem, suffix: str, nth: int, hidden: str) -> subprocess.Com
 
 
 def leftovers(folder: Path) -> list[Path]:
-    """Files in `folder` other than the run's own, its TensorBoard logs and the test's own."""
-    own = {"agent.weights.h5", "agent.checkpoint.h5", "agent.json", "agent.csv", "agent.png", "runs", "agent.mp4"}
+    """Files in `folder` other than the run's own, its TensorBoard logs and the test's own. A killed run's lock
+    file stays too, held by no one (the next run takes it over)."""
+    own = {"agent.weights.h5", "agent.checkpoint.h5", "agent.json", "agent.csv", "agent.png", "runs", "agent.mp4",
+           ".agent.lock"}
     return sorted(path for path in folder.iterdir() if path.name not in own)
 
 
