@@ -21,6 +21,7 @@ from test_train_cli import QUICK, quick_settings
 import train
 from agent_files import load_agent, read_description
 from checkpoints import checkpoint_path, read_checkpoint_state, restore_checkpoint, unfinished_run_step
+from common import import_agent_class
 
 # QUICK's run, on 1,200 steps with an evaluation every 300
 LONGER = [*QUICK[2:], "--total-steps", "1200", "--no-early-stop"]
@@ -189,3 +190,18 @@ def test_kill_9_at_any_moment_leaves_files_that_load_as_one_agent(tmp_path):
     shown = run_program("visualize.py", "--weights", str(weights), "--out", str(video), "--episodes", "1")
     assert shown.returncode == 0, shown.stderr
     assert video.stat().st_size > 0
+
+
+def test_a_saved_agent_loads_and_plays_without_unpickling_anything(monkeypatch):
+    # a checkpoint unpickles its environment and is trusted input; a .weights.h5 that people share never unpickles
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a saved agent unpickled something")
+
+    import_agent_class()  # TensorFlow and Keras imported first: they subclass pickle's classes as they load
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, refuse)
+    agent, description = load_agent(ROOT / "models" / "CartPole-v1.weights.h5")
+    assert description["env_id"] == "CartPole-v1"
+    assert agent.greedy_action(np.zeros(4, np.float32)) in (0, 1)
