@@ -8,8 +8,9 @@ one), so a run stopped by Ctrl-C, by a kill or by reaching its step budget conti
 - the step, the training history (episodes, evaluations, best score so far), the run settings and the
   config, the agent's random generator, and the episode in progress with its environment, pickled
   (an environment that cannot be pickled, such as Box2D's, starts a new episode on resume instead);
-- with ``--checkpoint-buffer``, the replay buffer, each observation stored once (and each Atari frame
-  once) however many transitions share it. With it, a resumed run ends with the same weights as the
+- with ``--checkpoint-buffer``, the replay memory (`ReplayMemory.state_arrays`): its transitions, each
+  observation stored once (and each Atari frame once) however many transitions share it, its n-step window and
+  its priorities. With it, a resumed run ends with the same weights as the
   same run never stopped, bit for bit; without it, the buffer is refilled before training resumes.
 
 No TensorFlow is imported here; the agent's networks and optimizer are read and written through their
@@ -22,8 +23,6 @@ import io
 import json
 import pickle
 import shlex
-from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,6 @@ import h5py
 import numpy as np
 
 from common import UserError, atomic_write
-from environments import StackedFrames
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -86,7 +84,9 @@ def save_checkpoint(path: Path, agent: DeepQLearning, state: dict[str, Any], env
         if episode is not None:
             file.create_dataset("episode", data=np.void(episode))
         if include_buffer:
-            _write_buffer(file.create_group("replay_buffer"), agent.replay_buffer)
+            group = file.create_group("replay_buffer")
+            for name, array in agent.memory.state_arrays().items():  # frames compress well: Atari's go through lzf
+                group.create_dataset(name, data=array, compression="lzf" if name == "frames" else None)
     atomic_write(path, content.getbuffer())
 
 
@@ -152,46 +152,7 @@ def restore_checkpoint(path: Path, agent: DeepQLearning) -> Resumed:
         for variable, value in zip(agent.optimizer.variables, optimizer_values, strict=True):
             variable.assign(value)
         if "replay_buffer" in file:
-            agent.replay_buffer.extend(_read_buffer(file["replay_buffer"]))
+            agent.memory.restore_arrays({name: dataset[()] for name, dataset in file["replay_buffer"].items()})
         episode = pickle.loads(file["episode"][()].tobytes()) if "episode" in file else (None, None)
     agent.rng.bit_generator.state = state["rng"]
     return Resumed(state, *episode)
-
-
-def _write_buffer(group: h5py.Group, buffer: deque) -> None:
-    """Transitions as columns; each observation object once, and for frame stacks each frame once."""
-    unique, indices = _by_identity(observation for t in buffer for observation in (t[0], t[3]))
-    group.create_dataset("indices", data=np.array(indices, np.int64).reshape(-1, 2))
-    group.create_dataset("actions", data=np.array([t[1] for t in buffer], np.int64))
-    group.create_dataset("rewards", data=np.array([t[2] for t in buffer], np.float64))
-    group.create_dataset("terminated", data=np.array([t[4] for t in buffer], bool))
-    if unique and isinstance(unique[0], StackedFrames):
-        frames, frame_indices = _by_identity(frame for stack in unique for frame in stack.frames)
-        group.create_dataset("frames", data=np.stack(frames), compression="lzf")
-        group.create_dataset("stacks", data=np.array(frame_indices, np.int64).reshape(len(unique), -1))
-    else:
-        group.create_dataset("observations", data=np.stack(unique) if unique else np.zeros((0,)))
-
-
-def _by_identity(objects: Iterable[Any]) -> tuple[list[Any], list[int]]:
-    """Each distinct object once (the same object, not an equal one), and the position of each in that list."""
-    position: dict[int, int] = {}
-    distinct: list[Any] = []
-    indices = []
-    for item in objects:
-        if id(item) not in position:
-            position[id(item)] = len(distinct)
-            distinct.append(item)
-        indices.append(position[id(item)])
-    return distinct, indices
-
-
-def _read_buffer(group: h5py.Group) -> list[tuple]:
-    if "frames" in group:
-        frames = list(group["frames"][()])
-        unique: list[Any] = [StackedFrames(tuple(frames[i] for i in stack)) for stack in group["stacks"][()]]
-    else:
-        unique = list(group["observations"][()])
-    return [(unique[s], int(a), float(r), unique[n], bool(t)) for (s, n), a, r, t in
-            zip(group["indices"][()], group["actions"][()], group["rewards"][()], group["terminated"][()],
-                strict=True)]

@@ -33,11 +33,35 @@ Why it works (Mnih et al., 2015)
     A time-limit truncation is not a termination: the pole was still up when the clock ran out,
     so the target bootstraps through it. Only `terminated` stops the bootstrap.
 
+The DQN family: three extensions, each a switch of `DQNConfig` and one marked line of `train_step`
+    n-step returns (Sutton, 1988; used by Hessel et al., 2018 in Rainbow), ``n_step``: a stored transition
+    carries the discounted reward of k steps and the state k steps later, with k = n or fewer where the
+    episode ended inside the window (the replay memory builds them, see `replay_memory.py`):
+
+        y = sum_{j<k} gamma^j r_{t+j} + gamma^k * (1 - terminated) * Q(s_{t+k}, a'; theta^-)
+
+    which propagates a reward n steps back in one update, at the price of targets from older policies.
+
+    Prioritized experience replay (Schaul et al., 2016), ``prioritized_replay``: transition i is drawn with
+    probability P(i) = p_i^alpha / sum_j p_j^alpha, p_i = |delta_i| + epsilon its last absolute TD error, and
+    its squared error is weighted in the loss by the importance weight that undoes the skew,
+
+        w_i = (N * P(i))^-beta / max_j w_j,      L = 1/B * sum_i w_i * (y_i - Q(s_i, a_i))^2,
+
+    with beta annealed from ``priority_beta_start`` to 1; after each step the sampled transitions get their
+    new |delta_i| as priority.
+
+    Dueling networks (Wang et al., 2016), ``dueling``: the network's head splits into a state value and the
+    actions' advantages, Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a') (`networks.DuelingHead`); the update
+    does not change.
+
 How this file reads
     `DeepQLearning` has one method per step of the algorithm, in the order they happen:
     `act` (epsilon-greedy), `remember`, `sample`, `train_step` (the update, on one screen),
-    `update_target_network`. The networks are defined once, in `networks.py`. The loop that calls
-    these methods, with evaluation and saving, is `run_training` in `train.py`.
+    `update_target_network`. The replay memory is a room of its own, `replay_memory.ReplayMemory`, whose
+    `collections.deque` of transitions is `replay_buffer` here. The networks are defined once, in
+    `networks.py`. The loop that calls these methods, with evaluation and saving, is `run_training` in
+    `train.py`.
 
 Speed
     Two helpers make it fast, and can be skipped on a first reading: acting computes Q(s, .) in
@@ -49,6 +73,10 @@ References
     - V. Mnih et al., "Human-level control through deep reinforcement learning", Nature 518, 2015.
     - H. van Hasselt, A. Guez, D. Silver, "Deep Reinforcement Learning with Double Q-learning",
       AAAI 2016.
+    - R. S. Sutton, "Learning to predict by the methods of temporal differences", Machine Learning 3, 1988.
+    - T. Schaul, J. Quan, I. Antonoglou, D. Silver, "Prioritized Experience Replay", ICLR 2016.
+    - Z. Wang et al., "Dueling Network Architectures for Deep Reinforcement Learning", ICML 2016.
+    - M. Hessel et al., "Rainbow: Combining Improvements in Deep Reinforcement Learning", AAAI 2018.
     - A. Raffin et al., RL Baselines3 Zoo: the tuned hyperparameters the presets start from.
 """
 
@@ -69,50 +97,65 @@ from keras import ops
 
 from dqn_config import DQNConfig
 from networks import NumpyForward, build_q_network
+from replay_memory import ReplayMemory, Transition
 
 
-def masked_mse_loss(td_targets: tf.Tensor, q_values: tf.Tensor, action_mask: tf.Tensor) -> tf.Tensor:
-    """Mean squared TD error of the taken actions only.
+def masked_mse_loss(td_targets: tf.Tensor, q_values: tf.Tensor, action_mask: tf.Tensor,
+                    weights: tf.Tensor | None = None) -> tf.Tensor:
+    """Mean squared TD error of the taken actions only, each transition's term weighted.
 
-        L = 1/B * sum_i sum_a m_ia * (y_i - Q(s_i, a))^2,   m_i = one_hot(a_i)
+        L = 1/B * sum_i w_i * sum_a m_ia * (y_i - Q(s_i, a))^2,   m_i = one_hot(a_i)
 
     :param td_targets: the TD targets y, shape (B,).
     :param q_values: Q(s, .) for every action from the main network, shape (B, A).
     :param action_mask: one-hot of the taken actions, shape (B, A); the untaken actions' errors are
         multiplied by 0, so they add nothing to the loss and get no gradient.
+    :param weights: each transition's weight w_i, shape (B,): prioritized replay's importance weights
+        (default: 1 for every transition, the plain mean).
     :return: the scalar loss.
     """
     squared_errors = ops.square(td_targets[:, None] - q_values) * action_mask
+    if weights is not None:
+        squared_errors = squared_errors * weights[:, None]
     return ops.sum(squared_errors) / ops.cast(ops.shape(q_values)[0], q_values.dtype)
 
 
 def masked_huber_loss(td_targets: tf.Tensor, q_values: tf.Tensor, action_mask: tf.Tensor,
-                      delta: float = 1.0) -> tf.Tensor:
-    """Mean Huber TD error of the taken actions only: quadratic below `delta`, linear above.
+                      weights: tf.Tensor | None = None, delta: float = 1.0) -> tf.Tensor:
+    """Mean Huber TD error of the taken actions only, each transition's term weighted: quadratic below `delta`,
+    linear above.
 
     :param td_targets: the TD targets y, shape (B,).
     :param q_values: Q(s, .) for every action, shape (B, A).
     :param action_mask: one-hot of the taken actions, shape (B, A).
+    :param weights: each transition's weight, shape (B,) (default: 1 for every transition).
     :param delta: where the loss turns from quadratic to linear (default 1.0).
     :return: the scalar loss.
     """
     errors = ops.abs(td_targets[:, None] - q_values)
     quadratic = ops.minimum(errors, delta)
-    huber = 0.5 * ops.square(quadratic) + delta * (errors - quadratic)
-    return ops.sum(huber * action_mask) / ops.cast(ops.shape(q_values)[0], q_values.dtype)
+    huber = (0.5 * ops.square(quadratic) + delta * (errors - quadratic)) * action_mask
+    if weights is not None:
+        huber = huber * weights[:, None]
+    return ops.sum(huber) / ops.cast(ops.shape(q_values)[0], q_values.dtype)
 
 
 LOSS_FUNCTIONS = {"mse": masked_mse_loss, "huber": masked_huber_loss}
 
 
 class Batch(NamedTuple):
-    """A minibatch of transitions, one row per transition (or a stack of minibatches, one per step)."""
+    """A minibatch of transitions, one row per transition (or a stack of minibatches, one per step).
+
+    `rewards` are the transitions' (n-step) discounted returns, `steps` the k of gamma^k their targets bootstrap
+    with (1 for one-step DQN), `weights` their importance weights (1 without prioritized replay)."""
 
     states: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
     next_states: np.ndarray
     terminated: np.ndarray
+    steps: np.ndarray
+    weights: np.ndarray
 
 
 class StepStats(NamedTuple):
@@ -121,6 +164,7 @@ class StepStats(NamedTuple):
 
     loss: float
     mean_max_q: float
+    mean_importance_weight: float = 1.0
 
 
 class DeepQLearning:
@@ -146,8 +190,9 @@ class DeepQLearning:
         self.target_network.set_weights(self.main_network.get_weights())
         self.optimizer = self._build_optimizer()
         self.loss_function = LOSS_FUNCTIONS[self.config.loss]
-        self.replay_buffer: deque[tuple[np.ndarray, int, float, np.ndarray, bool]] = deque(
-            maxlen=self.config.buffer_size)
+        self.memory = ReplayMemory(self.config.buffer_size, self.config.n_step, self.config.gamma,
+                                   self.config.prioritized_replay, self.config.priority_alpha,
+                                   self.config.priority_epsilon)
         self._forward = NumpyForward(self.main_network) if NumpyForward.supports(self.main_network) \
             else self._compile_forward()
         self._training_phase = self._compile_training_phase()
@@ -195,9 +240,15 @@ class DeepQLearning:
         return self.greedy_action(state)
 
     # ---------------------------------------------------------------------------- experience
+    @property
+    def replay_buffer(self) -> deque[Transition]:
+        """The replay buffer: the `collections.deque` of stored transitions, oldest first (see `ReplayMemory`)."""
+        return self.memory.transitions
+
     def remember(self, state: np.ndarray, action: int, reward: float, next_state: np.ndarray,
-                 terminated: bool) -> None:
-        """Store a transition in the replay buffer; the oldest is dropped once it is full.
+                 terminated: bool, truncated: bool = False) -> None:
+        """Give the replay memory one environment step; it stores the transition (with n-step returns, the
+        transitions) that the step completes, and drops the oldest once full.
 
         :param state: the observation s the action was taken in.
         :param action: the action a taken.
@@ -205,69 +256,101 @@ class DeepQLearning:
         :param next_state: the observation s' that followed.
         :param terminated: Gymnasium's `terminated`, not ``terminated or truncated``: a transition cut by
             a time limit still bootstraps from its next state.
+        :param truncated: Gymnasium's `truncated`: the episode ends here without a terminal state.
         """
         if self.config.clip_rewards:  # the Nature paper's Atari setting: one scale of error for every game
             reward = float(np.clip(reward, -1.0, 1.0))
-        self.replay_buffer.append((state, action, reward, next_state, terminated))
+        self.memory.add(state, action, reward, next_state, terminated, truncated)
 
-    def sample(self, batch_size: int, num_batches: int | None = None) -> Batch:
-        """Draw transitions uniformly, with replacement, from the replay buffer.
+    def priority_beta(self, progress: float) -> float:
+        """Prioritized replay's importance-sampling exponent, linear from `priority_beta_start` to 1.
+
+        :param progress: the fraction of the run done, in [0, 1].
+        """
+        start = self.config.priority_beta_start
+        return start + min(1.0, max(0.0, progress)) * (1.0 - start)
+
+    def sample(self, batch_size: int, num_batches: int | None = None, beta: float = 1.0) -> tuple[Batch, np.ndarray]:
+        """Draw transitions with replacement from the replay memory: uniformly, or by priority.
 
         :param batch_size: transitions per minibatch.
         :param num_batches: if given, draw that many minibatches at once, stacked on a leading axis.
-        :return: arrays of shape (batch_size, ...), or (num_batches, batch_size, ...).
+        :param beta: the importance-sampling exponent (prioritized replay only).
+        :return: the arrays, of shape (batch_size, ...) or (num_batches, batch_size, ...), and the transitions'
+            positions in the replay buffer (for their new priorities).
         """
         shape = (batch_size,) if num_batches is None else (num_batches, batch_size)
-        indices = self.rng.integers(len(self.replay_buffer), size=shape).ravel()
-        states, actions, rewards, next_states, terminated = zip(
-            *(self.replay_buffer[i] for i in indices), strict=True)
+        drawn = self.memory.sample(int(np.prod(shape)), self.rng, beta)
+        states, actions, rewards, next_states, terminated, steps = zip(*drawn.transitions, strict=True)
         return Batch(
             states=np.asarray(states, dtype=self.observation_dtype).reshape(*shape, *self.observation_shape),
             actions=np.asarray(actions, dtype=np.int32).reshape(shape),
             rewards=np.asarray(rewards, dtype=np.float32).reshape(shape),
             next_states=np.asarray(next_states, dtype=self.observation_dtype).reshape(*shape, *self.observation_shape),
             terminated=np.asarray(terminated, dtype=np.float32).reshape(shape),
-        )
+            steps=np.asarray(steps, dtype=np.float32).reshape(shape),
+            weights=drawn.weights.reshape(shape),
+        ), drawn.indices.reshape(shape)
 
     # -------------------------------------------------------------------------------- learning
-    def train_step(self, batch: Batch) -> StepStats:
+    def train_step(self, batch: Batch) -> tuple[StepStats, tf.Tensor]:
         """One gradient step of DQN on one minibatch from `sample`; returns the loss before the step (and the
-        batch's mean max Q-value, for the logs).
+        batch's mean max Q-value, for the logs), and each transition's TD error y - Q(s, a) (its new priority).
 
         Runs inside the compiled `training_phase`; on its own (eagerly) it changes the main network's
         variables without refreshing acting's copy of them, so call `training_phase` to train.
         """
-        # 1. TD target y = r + gamma * (1 - terminated) * Q(s', a'; theta^-), held fixed: no gradient flows into it
+        # 1. TD target y = R + gamma^k * (1 - terminated) * Q(s', a'; theta^-), held fixed: no gradient flows into it
         next_q_target = self.target_network(batch.next_states)
         if self.config.double_dqn:  # Double DQN: the main network chooses a', the target network values it
             next_actions = ops.argmax(self.main_network(batch.next_states), axis=1)
         else:  # DQN: a' = argmax_a' Q(s', a'; theta^-), so the value is the max
             next_actions = ops.argmax(next_q_target, axis=1)
         next_values = ops.take_along_axis(next_q_target, next_actions[:, None], axis=1)[:, 0]
-        td_targets = ops.stop_gradient(batch.rewards + self.config.gamma * (1.0 - batch.terminated) * next_values)
+        discounts = self.config.gamma ** batch.steps  # n-step returns: gamma^k, k = n or fewer (k = 1: DQN)
+        td_targets = ops.stop_gradient(batch.rewards + discounts * (1.0 - batch.terminated) * next_values)
 
-        # 2. the masked loss: the TD error of the taken action a only
+        # 2. the masked loss: the TD error of the taken action a only, weighted by prioritized replay's
+        #    importance weights (all 1 for uniform replay)
         action_mask = ops.one_hot(batch.actions, self.num_actions)
         with tf.GradientTape() as tape:
             q_values = self.main_network(batch.states, training=True)
-            loss = self.loss_function(td_targets, q_values, action_mask)
+            loss = self.loss_function(td_targets, q_values, action_mask, batch.weights)
 
         # 3. the gradient step on theta (the main network only)
         variables = self.main_network.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
-        return StepStats(loss, ops.mean(ops.max(q_values, axis=1)))
+        td_errors = td_targets - ops.sum(q_values * action_mask, axis=1)  # prioritized replay's new |delta|
+        return StepStats(loss, ops.mean(ops.max(q_values, axis=1))), td_errors
 
-    def training_phase(self, num_steps: int) -> StepStats:
+    def training_phase(self, num_steps: int, progress: float = 1.0) -> StepStats:
         """`num_steps` train steps in a row, each on a fresh minibatch; acting uses the new weights afterwards.
 
+        Uniform replay draws every minibatch of the phase at once and runs the phase in one compiled call.
+        Prioritized replay draws each minibatch after the previous step's priorities are in, as the paper does:
+        one compiled call per gradient step.
+
         :param num_steps: how many gradient steps (the config's `gradient_steps` in train.py).
-        :return: the phase's mean loss (NaN or infinite if training diverged) and mean max Q-value.
+        :param progress: the fraction of the run done, for prioritized replay's beta.
+        :return: the phase's mean loss (NaN or infinite if training diverged), mean max Q-value and mean
+            importance weight.
         """
-        batches = self.sample(self.config.batch_size, num_steps)
-        loss, mean_max_q, weights = self._training_phase(Batch(*(tf.constant(field) for field in batches)))
+        if not self.config.prioritized_replay:
+            batches, _ = self.sample(self.config.batch_size, num_steps)
+            loss, mean_max_q, _, weights = self._training_phase(Batch(*(tf.constant(field) for field in batches)))
+            stats = StepStats(float(loss), float(mean_max_q))
+        else:
+            beta, totals = self.priority_beta(progress), np.zeros(3)
+            for _ in range(num_steps):
+                batches, indices = self.sample(self.config.batch_size, 1, beta)
+                loss, mean_max_q, td_errors, weights = self._training_phase(
+                    Batch(*(tf.constant(field) for field in batches)))
+                self.memory.update_priorities(indices[0], td_errors.numpy()[0])
+                totals += (float(loss), float(mean_max_q), float(batches.weights.mean()))
+            stats = StepStats(*(totals / num_steps))
         if isinstance(self._forward, NumpyForward):
             self._forward.read_weights([weight.numpy() for weight in weights])
-        return StepStats(float(loss), float(mean_max_q))
+        return stats
 
     @tf.function
     def update_target_network(self) -> None:
@@ -307,22 +390,24 @@ class DeepQLearning:
         # 95 ms without; for the MLP it is the faster of the two
         use_xla = self.config.network_for(self.observation_shape) == "mlp"
 
-        def phase(batches: Batch) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+        def phase(batches: Batch) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, list[tf.Tensor]]:
             num_steps = tf.shape(batches.actions)[0]
             losses = tf.TensorArray(tf.float32, size=num_steps)
             max_qs = tf.TensorArray(tf.float32, size=num_steps)
+            td_errors = tf.TensorArray(tf.float32, size=num_steps)
             for i in tf.range(num_steps):
-                loss, mean_max_q = self.train_step(Batch(*(field[i] for field in batches)))
-                losses, max_qs = losses.write(i, loss), max_qs.write(i, mean_max_q)
+                stats, errors = self.train_step(Batch(*(field[i] for field in batches)))
+                losses, max_qs = losses.write(i, stats.loss), max_qs.write(i, stats.mean_max_q)
+                td_errors = td_errors.write(i, errors)
             weights = [tf.identity(weight) for weight in self.main_network.weights] if hand_back_weights else []
-            return tf.reduce_mean(losses.stack()), tf.reduce_mean(max_qs.stack()), weights
+            return tf.reduce_mean(losses.stack()), tf.reduce_mean(max_qs.stack()), td_errors.stack(), weights
 
         steps_and_batch = [None, self.config.batch_size]
         observations = tf.TensorSpec([*steps_and_batch, *self.observation_shape], tf.as_dtype(self.observation_dtype))
+        column = tf.TensorSpec(steps_and_batch, tf.float32)
         return tf.function(phase, jit_compile=use_xla).get_concrete_function(
-            Batch(states=observations, actions=tf.TensorSpec(steps_and_batch, tf.int32),
-                  rewards=tf.TensorSpec(steps_and_batch, tf.float32), next_states=observations,
-                  terminated=tf.TensorSpec(steps_and_batch, tf.float32)))
+            Batch(states=observations, actions=tf.TensorSpec(steps_and_batch, tf.int32), rewards=column,
+                  next_states=observations, terminated=column, steps=column, weights=column))
 
     def _compile_forward(self) -> Callable[[np.ndarray], np.ndarray]:
         """Q(s, .) of a batch of images in one compiled call, which reads the network's current variables."""

@@ -66,23 +66,36 @@ class DQNConfig:
                           "else minatar_cnn), mlp, nature_cnn or minatar_cnn")
     clip_rewards: bool = _param(False, "learn from rewards clipped to [-1, 1], as the Nature paper does on Atari "
                                 "(returns shown are never clipped)")
+    n_step: int = _param(1, "steps of each stored transition's discounted return before it bootstraps: 1 is DQN, 3 "
+                         "as in Rainbow")
+    prioritized_replay: bool = _param(False, "draw transitions in proportion to their last TD error (Schaul et al., "
+                                      "2016), with importance weights in the loss")
+    priority_alpha: float = _param(0.6, "prioritized replay: how much priorities count, in [0, 1] (0 is uniform)")
+    priority_beta_start: float = _param(0.4, "prioritized replay: importance-weight exponent at the first step, in "
+                                        "[0, 1], annealed to 1 by the last")
+    priority_epsilon: float = _param(1e-6, "prioritized replay: added to each absolute TD error, so that every "
+                                     "transition can be drawn")
+    dueling: bool = _param(False, "dueling head: a value and an advantage stream, Q = V + A - mean(A) "
+                           "(Wang et al., 2016)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         if not self.hidden_sizes or any(units <= 0 for units in self.hidden_sizes):
             raise ConfigError("hidden_sizes", f"must be one or more positive sizes, got {list(self.hidden_sizes)}")
         for name in ("learning_rate", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
-                     "target_update_interval", "max_grad_norm", "rmsprop_epsilon"):
+                     "target_update_interval", "max_grad_norm", "rmsprop_epsilon", "n_step", "priority_epsilon"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         for name in ("learning_starts", "epsilon_decay_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be zero or positive, got {getattr(self, name)}")
-        for name in ("gamma", "epsilon_start", "epsilon_end"):
+        for name in ("gamma", "epsilon_start", "epsilon_end", "priority_alpha", "priority_beta_start"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(name, f"must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError("tau", f"must be in (0, 1], got {self.tau}")
+        if self.n_step > self.buffer_size:
+            raise ConfigError("n_step", f"({self.n_step}) must not exceed buffer_size ({self.buffer_size})")
         if self.batch_size > self.buffer_size:
             raise ConfigError("batch_size", f"({self.batch_size}) must not exceed buffer_size ({self.buffer_size})")
         for name, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("network", NETWORKS)):

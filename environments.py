@@ -4,7 +4,8 @@ agent takes (a vector, or an (H, W, C) uint8 image, and discrete actions).
 - Atari (``ALE/...-v5``, from ale-py, ROMs included): Gymnasium's own `AtariPreprocessing` (84x84
   grayscale, 4 frames skipped with max-pooling, up to 30 no-op starts; the game itself built with
   ``frameskip=1`` so that frames are not skipped twice) and `FrameStackObservation` (the last 4 frames),
-  then `ShareFrames`, so that a replay memory of stacks stores each frame once.
+  channel last. Observations are plain NumPy arrays, as Gymnasium's contract (and `check_env`) has them: the
+  replay memory, not the environment, stores each frame once (`replay_memory.StackedFrames`).
 - MinAtar (``MinAtar/...``): its boolean (10, 10, C) boards as uint8 images of 0 and 255.
 - Anything else as Gymnasium makes it.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -26,69 +28,30 @@ from common import UserError
 ATARI_FRAMES = 4
 
 
-class StackedFrames:
-    """The last few frames as one (H, W, frames) observation, holding the frames by reference, so that a
-    stack shares the frames it has in common with its neighbours (``np.asarray`` gives the array).
-
-    :param frames: the frames, oldest first, each (H, W).
-    """
-
-    __slots__ = ("frames",)
-
-    def __init__(self, frames: tuple[np.ndarray, ...]) -> None:
-        self.frames = frames
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        stacked = np.stack(self.frames, axis=-1)
-        return stacked if dtype is None else stacked.astype(dtype, copy=False)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.frames[0].shape, len(self.frames))
+def channels_last(stack: np.ndarray) -> np.ndarray:
+    """A (frames, H, W) stack from `FrameStackObservation` as the (H, W, frames) image the networks take."""
+    return np.ascontiguousarray(np.moveaxis(stack, 0, -1))
 
 
-class ShareFrames(gym.ObservationWrapper):
-    """After `FrameStackObservation`: each (frames, H, W) stack becomes a channel-last `StackedFrames` whose
-    frames are the previous stack's own frame objects wherever they are equal. A stack moves on by one
-    frame per step, so a memory of transitions holds one new 84x84 frame per step instead of two stacks.
-    """
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        frames, height, width = env.observation_space.shape
-        self.observation_space = gym.spaces.Box(0, 255, (height, width, frames), np.uint8)
-        self._previous: tuple[np.ndarray, ...] = ()
-
-    def reset(self, **kwargs: Any) -> tuple[StackedFrames, dict]:
-        self._previous = ()
-        return super().reset(**kwargs)
-
-    def observation(self, stack: np.ndarray) -> StackedFrames:
-        previous, frames = self._previous, []
-        for i, frame in enumerate(stack):
-            # frame i of this stack was frame i + 1 of the previous one; at a reset, the repeated first frame
-            shared = [candidate for candidate in (previous[i + 1:i + 2] or frames[-1:])
-                      if np.array_equal(candidate, frame)]
-            frames.append(shared[0] if shared else frame.copy())
-        self._previous = tuple(frames)
-        return StackedFrames(self._previous)
-
-
-class BooleanBoardAsImage(gym.ObservationWrapper):
+class BooleanBoardAsImage(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """MinAtar's boolean (10, 10, C) board as a uint8 image of 0 and 255; its rendering as a uint8 RGB picture
-    16 times larger, for videos."""
+    32 times larger (320x320), for videos."""
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
         self.observation_space = gym.spaces.Box(0, 255, env.observation_space.shape, np.uint8)
+        self.metadata = {**env.metadata, "render_fps": 15}  # MinAtar's own display shows about 20 frames a second
 
     def observation(self, board: np.ndarray) -> np.ndarray:
         return board.astype(np.uint8) * 255
 
     def render(self) -> np.ndarray:
-        picture = np.asarray(self.env.render())
+        with warnings.catch_warnings():  # MinAtar draws in floats (turned into uint8 pixels here) and sets no fps
+            warnings.filterwarnings("ignore", message=".*(RGB-array rendering should return|No render fps was)")
+            picture = np.asarray(self.env.render())
         picture = (picture * 255).astype(np.uint8) if picture.dtype != np.uint8 else picture
-        return np.kron(picture, np.ones((16, 16, 1), np.uint8))
+        return picture.repeat(32, axis=0).repeat(32, axis=1)
 
 
 def _register_family(env_id: str) -> dict[str, Any]:
@@ -134,7 +97,10 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     if env_id.startswith("ALE/"):
         env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True,
                                               terminal_on_life_loss=False, scale_obs=False)
-        env = ShareFrames(gym.wrappers.FrameStackObservation(env, ATARI_FRAMES))
+        env = gym.wrappers.FrameStackObservation(env, ATARI_FRAMES)
+        frames, height, width = env.observation_space.shape
+        env = gym.wrappers.TransformObservation(env, channels_last, gym.spaces.Box(0, 255, (height, width, frames),
+                                                                                   np.uint8))
     elif env_id.startswith("MinAtar/"):
         env = BooleanBoardAsImage(env)
     problem = unsupported(env.observation_space, env.action_space)

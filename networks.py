@@ -40,6 +40,44 @@ class QNetwork(keras.Sequential):
         self.weights_version += 1
 
 
+@keras.saving.register_keras_serializable(package="dqn")
+class DuelingHead(keras.layers.Layer):
+    """The dueling architecture's head (Wang et al., 2016): from the torso's features, a value stream V(s) and an
+    advantage stream A(s, a), each with a hidden ReLU layer of `units`, combined as
+
+        Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')
+
+    (subtracting the mean makes V and A identifiable: the advantages of a state average to zero).
+
+    :param num_actions: outputs, one Q-value per action.
+    :param units: units of each stream's hidden layer (the torso's last width, as the paper splits it).
+    """
+
+    def __init__(self, num_actions: int, units: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.num_actions, self.units = num_actions, units
+        self.value_hidden = keras.layers.Dense(units, activation="relu", name="value_hidden")
+        self.value = keras.layers.Dense(1, name="value")
+        self.advantage_hidden = keras.layers.Dense(units, activation="relu", name="advantage_hidden")
+        self.advantage = keras.layers.Dense(num_actions, name="advantage")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        for hidden, out in ((self.value_hidden, self.value), (self.advantage_hidden, self.advantage)):
+            hidden.build(input_shape)
+            out.build((*input_shape[:-1], self.units))
+
+    def call(self, features: keras.KerasTensor) -> keras.KerasTensor:
+        value = self.value(self.value_hidden(features))
+        advantage = self.advantage(self.advantage_hidden(features))
+        return value + advantage - keras.ops.mean(advantage, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], self.num_actions)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_actions": self.num_actions, "units": self.units}
+
+
 def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config: DQNConfig, name: str) -> QNetwork:
     """The Q-network for this observation shape (see `DQNConfig.network_for`), from the observation to one
     linear Q-value per action:
@@ -50,39 +88,62 @@ def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config
     - minatar_cnn: one 16-filter 3x3 convolution and a 128-unit dense layer, for small boards (Young and
       Tian, 2019).
 
+    With `config.dueling` the last hidden layer becomes the two streams of a `DuelingHead`, each of that width,
+    as the dueling paper splits the Nature network's 512-unit layer.
+
     Images come in as uint8 pixels (stored that way in the replay buffer) and are scaled to [0, 1] by
     the network's first layer.
 
     :param observation_shape: the shape of one observation: ``(size,)`` or ``(height, width, channels)``.
     :param num_actions: outputs, one Q-value per action.
-    :param config: the hyperparameters (`network`, `hidden_sizes`).
+    :param config: the hyperparameters (`network`, `hidden_sizes`, `dueling`).
     :param name: the Keras model's name ("main" or "target").
     """
     architecture = config.network_for(observation_shape)
     layers: list[keras.layers.Layer] = [keras.Input(shape=observation_shape)]
     if architecture == "mlp":
-        layers += [keras.layers.Dense(units, activation="relu") for units in config.hidden_sizes]
+        *torso, last = config.hidden_sizes
+        layers += [keras.layers.Dense(units, activation="relu") for units in torso]
     else:
         layers.append(keras.layers.Rescaling(1.0 / 255.0))
         if architecture == "nature_cnn":
             layers += [keras.layers.Conv2D(32, 8, strides=4, activation="relu"),
                        keras.layers.Conv2D(64, 4, strides=2, activation="relu"),
-                       keras.layers.Conv2D(64, 3, strides=1, activation="relu"),
-                       keras.layers.Flatten(), keras.layers.Dense(512, activation="relu")]
+                       keras.layers.Conv2D(64, 3, strides=1, activation="relu")]
+            last = 512
         else:
-            layers += [keras.layers.Conv2D(16, 3, strides=1, activation="relu"),
-                       keras.layers.Flatten(), keras.layers.Dense(128, activation="relu")]
-    layers.append(keras.layers.Dense(num_actions, activation="linear"))
+            layers.append(keras.layers.Conv2D(16, 3, strides=1, activation="relu"))
+            last = 128
+        layers.append(keras.layers.Flatten())
+    if config.dueling:
+        layers.append(DuelingHead(num_actions, last))
+    else:
+        layers += [keras.layers.Dense(last, activation="relu"), keras.layers.Dense(num_actions, activation="linear")]
     return QNetwork(layers, name=name)
 
 
+def _dense(activation: str) -> Callable[[np.ndarray, list[np.ndarray]], np.ndarray]:
+    function = NUMPY_ACTIVATIONS[activation]
+    return lambda x, weights: function(x @ weights[0] + weights[1])
+
+
+def _dueling(x: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """`DuelingHead.call` in NumPy, its weights in `get_weights` order: the value stream's, then the advantage's."""
+    value_kernel, value_bias, value_out, value_out_bias, advantage_kernel, advantage_bias, out, out_bias = weights
+    value = np.maximum(x @ value_kernel + value_bias, 0.0) @ value_out + value_out_bias
+    advantage = np.maximum(x @ advantage_kernel + advantage_bias, 0.0) @ out + out_bias
+    return value + advantage - advantage.mean(axis=-1, keepdims=True)
+
+
 class NumpyForward:
-    """A network of Dense layers evaluated in NumPy, from that network's layers and current weights.
+    """A network of Dense layers (and a `DuelingHead`) evaluated in NumPy, from that network's layers and current
+    weights.
 
     The layer structure and activations are read off the Keras network once; the weights are read
     again whenever the network's `weights_version` moves on, or when they are handed over directly.
 
-    :param network: a `QNetwork` made only of Dense layers with activations in `NUMPY_ACTIVATIONS`.
+    :param network: a `QNetwork` made only of Dense layers with activations in `NUMPY_ACTIVATIONS`, and a
+        `DuelingHead` last.
     :raises ValueError: for any other layer (see `NumpyForward.supports`).
     """
 
@@ -90,22 +151,27 @@ class NumpyForward:
         if not self.supports(network):
             raise ValueError(f"{network.name} has layers NumpyForward cannot compute")
         self.network = network
-        self.activations = [NUMPY_ACTIVATIONS[layer.activation.__name__] for layer in network.layers]
+        self.functions = [_dueling if isinstance(layer, DuelingHead) else _dense(layer.activation.__name__)
+                          for layer in network.layers]
+        self.counts = [len(layer.weights) for layer in network.layers]
         self.read_weights()
 
     @staticmethod
     def supports(network: keras.Model) -> bool:
-        """Whether every layer is Dense with an activation NumPy computes here."""
-        return all(isinstance(layer, keras.layers.Dense) and layer.activation.__name__ in NUMPY_ACTIVATIONS
+        """Whether every layer is Dense with an activation NumPy computes here, or a `DuelingHead`."""
+        return all(isinstance(layer, DuelingHead) or (isinstance(layer, keras.layers.Dense)
+                                                      and layer.activation.__name__ in NUMPY_ACTIVATIONS)
                    for layer in network.layers)
 
     def read_weights(self, weights: list[np.ndarray] | None = None) -> None:
-        """Take the network's weights as (kernel, bias) pairs.
+        """Take the network's weights, layer by layer.
 
         :param weights: the network's weights in `get_weights` order, when already at hand (default: read them).
         """
         weights = self.network.get_weights() if weights is None else weights
-        self.layers = list(zip(weights[::2], weights[1::2], self.activations, strict=True))
+        bounds = np.cumsum([0, *self.counts])
+        self.layers = [(function, weights[start:end])
+                       for function, start, end in zip(self.functions, bounds[:-1], bounds[1:], strict=True)]
         self.version = self.network.weights_version
 
     def __call__(self, states: np.ndarray) -> np.ndarray:
@@ -113,6 +179,6 @@ class NumpyForward:
         if self.version != self.network.weights_version:
             self.read_weights()
         activations = np.asarray(states, dtype=np.float32)
-        for kernel, bias, activation in self.layers:
-            activations = activation(activations @ kernel + bias)
+        for function, weights in self.layers:
+            activations = function(activations, weights)
         return activations

@@ -8,6 +8,8 @@ CartPole steps, while a row written by the compiled call costs about 30 µs. Tag
 
 - ``episode/return``, ``episode/length``, ``episode/epsilon``: each training episode, at its last step;
 - ``train/loss``, ``train/mean_max_q``: each training phase's mean over its gradient steps;
+- ``replay/mean_importance_weight``, ``replay/max_to_mean_priority``: with prioritized replay, the phase's mean
+  importance weight and how skewed the draw is (the largest p^alpha over the mean);
 - ``eval/mean``, ``eval/std`` (and ``eval/confirmation_mean`` when confirmed): each greedy evaluation;
 - ``time/steps_per_second``: environment steps per second since the previous write;
 - the hyperparameters and run settings, in TensorBoard's HParams tab.

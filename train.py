@@ -170,7 +170,7 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
             epsilon = agent.epsilon(step)
             action = agent.act(state, epsilon)
             next_state, reward, terminated, truncated, _ = env.step(action)
-            agent.remember(state, action, float(reward), next_state, terminated)
+            agent.remember(state, action, float(reward), next_state, terminated, truncated)
             state = next_state
             episode_return += float(reward)
             episode_length += 1
@@ -187,10 +187,13 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                 episode_return, episode_length = 0.0, 0
 
             if step > learning_starts and step % config.train_frequency == 0:
-                loss, mean_max_q = agent.training_phase(config.gradient_steps)
+                loss, mean_max_q, mean_weight = agent.training_phase(config.gradient_steps, step / settings.total_steps)
                 if log:
                     log.scalar("train/loss", step, loss)
                     log.scalar("train/mean_max_q", step, mean_max_q)
+                    if config.prioritized_replay:
+                        log.scalar("replay/mean_importance_weight", step, mean_weight)
+                        log.scalar("replay/max_to_mean_priority", step, agent.memory.priority_spread())
                 if not math.isfinite(loss):
                     result.stop_reason = "loss diverged"
                     result.failure = (f"the loss became {loss} at step {step}: training stopped. Try a lower "

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.wrappers import RecordVideo
 
 from agent_files import load_agent, read_description
 from checkpoints import unfinished_run_note
@@ -51,21 +52,38 @@ ACTION_NAMES = {
 }
 
 
+# MinAtar's full action set, in its own order (minatar.environment.Environment); each game uses some of them.
+MINATAR_ACTIONS = ["no-op", "left", "up", "right", "down", "fire"]
+
+
 def action_names(env: gym.Env, env_id: str, num_actions: int) -> list[str]:
-    """Labels for the actions: ALE's own meanings for Atari, the classic ones by name, else "action i"."""
+    """Labels for the actions: ALE's own meanings for Atari, MinAtar's by its action set, the classic ones by
+    name, else "action i"."""
     meanings = getattr(env.unwrapped, "get_action_meanings", None)
-    names = meanings() if meanings else ACTION_NAMES.get(env_id.split(":")[-1].split("-")[0], [])
+    if meanings:
+        names = meanings()
+    elif env_id.startswith("MinAtar/"):
+        names = [MINATAR_ACTIONS[action] for action in env.unwrapped.action_set]
+    else:
+        names = ACTION_NAMES.get(env_id.split(":")[-1].split("-")[0], [])
     return names if len(names) == num_actions else [f"action {i}" for i in range(num_actions)]
 
 
 class QValueOverlay(gym.Wrapper):
-    """Draws on each rendered frame the step, the return so far, Q(s, a) of every action, and the
+    """Adds under each rendered frame a panel with the step, the return so far, Q(s, a) of every action, and the
     greedy action: what the network sees in the state on screen and what it will do.
+
+    The panel is light text on a dark ground, beside the game rather than over it, so that it reads on every
+    game (LunarLander's black sky, MinAtar's and Atari's dark screens alike); a frame narrower than
+    `MIN_WIDTH` pixels is scaled up first (Atari's 160).
 
     :param env: an environment with ``render_mode="rgb_array"``.
     :param q_function: Q(s, .) of one state, as a NumPy vector.
     :param names: a label for each action.
     """
+
+    MIN_WIDTH = 320
+    TEXT, CHOSEN, GROUND = (235, 235, 235), (255, 196, 0), (24, 24, 24)
 
     def __init__(self, env: gym.Env, q_function: Callable[[np.ndarray], np.ndarray], names: list[str]) -> None:
         super().__init__(env)
@@ -90,18 +108,27 @@ class QValueOverlay(gym.Wrapper):
     def render(self) -> np.ndarray:
         from PIL import Image, ImageDraw, ImageFont
 
-        image = Image.fromarray(self.env.render())
-        draw = ImageDraw.Draw(image)
+        frame = np.asarray(self.env.render())
+        scale = -(-self.MIN_WIDTH // frame.shape[1])  # an integer factor, so that pixels stay sharp
+        if scale > 1:
+            frame = frame.repeat(scale, axis=0).repeat(scale, axis=1)
+        height, width = frame.shape[:2]
         if self.font is None:
-            self.font = ImageFont.load_default(size=max(12, image.height // 20))
-        font = self.font
+            self.font = ImageFont.load_default(size=max(12, min(20, width // 30)))
+        line_height = self.font.size + 4
+        panel = line_height * (1 + len(self.names)) + 12
+        panel += -(height + panel) % 16  # video encoders work on 16-pixel blocks
+        image = Image.new("RGB", (width, height + panel), self.GROUND)
+        image.paste(Image.fromarray(frame), (0, 0))
+        draw = ImageDraw.Draw(image)
         q_values = self.q_function(self.observation)
         chosen = int(np.argmax(q_values))
-        line_height = font.size + 4
-        draw.text((10, 8), f"step {self.steps}   return {self.episode_return:g}", fill=(20, 20, 20), font=font)
+        top = height + 6
+        draw.text((10, top), f"step {self.steps}   return {self.episode_return:g}", fill=self.TEXT, font=self.font)
         for action, (name, q_value) in enumerate(zip(self.names, q_values, strict=True)):
-            mark, color = ("> ", (200, 30, 30)) if action == chosen else ("   ", (20, 20, 20))
-            draw.text((10, 8 + (action + 1) * line_height), f"{mark}Q({name}) = {q_value:.3f}", fill=color, font=font)
+            mark, color = ("> ", self.CHOSEN) if action == chosen else ("   ", self.TEXT)
+            draw.text((10, top + (action + 1) * line_height), f"{mark}Q({name}) = {q_value:.3f}", fill=color,
+                      font=self.font)
         return np.asarray(image)
 
 
@@ -118,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF beside the mp4, small "
                         "enough for a README (every second frame, 300 pixels wide)")
     parser.add_argument("--overlay", action="store_true",
-                        help="draw the step, the return, each action's Q-value and the chosen action on each frame")
+                        help="show the step, the return, each action's Q-value and the chosen action in a panel under "
+                        "each frame")
     return parser
 
 
@@ -154,8 +182,6 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
 
     :return: each episode's return.
     """
-    from gymnasium.wrappers import RecordVideo
-
     env = make_env(env_id, render_mode="rgb_array")
     if args.overlay:
         env = QValueOverlay(env, lambda state: agent.q_values(np.asarray(state)[None])[0],
@@ -175,6 +201,9 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
                 episode_return += float(reward)
                 done = terminated or truncated
             returns.append(episode_return)
+            # hold the episode's last frame: the encoder drops a recording's very last frame, and a viewer
+            # should see the final state and return
+            env.recorded_frames.extend([env.recorded_frames[-1]] * hold_frames(env))
         env.close()  # the video is encoded here, into the temporary folder
         video = folder / "video" / "video-episode-0.mp4"
         check_video(video)
@@ -185,6 +214,11 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
     return returns
+
+
+def hold_frames(recorder: RecordVideo) -> int:
+    """Frames that hold an episode's last frame on screen: half a second."""
+    return max(1, round(recorder.frames_per_sec / 2))
 
 
 def check_video(video: Path) -> None:

@@ -16,7 +16,14 @@ the preset's ``total_steps``, and a final 100-episode evaluation of the kept wei
 seed counts as solved when that final mean reaches the environment's registered threshold (MinAtar registers
 none: there the final means are compared). Prints a table per seed and the medians; writes ``learning.json``
 and a plot of every seed's evaluation curve, ``learning.png``, into ``--out`` (``learning-ENV_ID.*`` for other
-environments), both rewritten as each run ends.
+environments, ``learning-ENV_ID-VARIANT.*`` with ``--variant``), both rewritten as each run ends.
+
+A grid of variants is one command per variant, each resumable: ``--resume`` keeps the runs already finished
+and continues killed ones from their checkpoints (give ``--checkpoint-buffer`` among the train.py flags for an
+exact continuation), so a bench stopped at any point goes on where it was:
+
+    python -m bench.learning --env MinAtar/Breakout-v1 --seeds 0 1 2 --total-steps 200000 --jobs 2 --resume \
+        --variant nstep3 -- --n-step 3 --checkpoint-buffer
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from pathlib import Path
 
 from bench.sb3_dqn import RL_ZOO
 from bench.timed import machine, run_timed
+from checkpoints import unfinished_run_step
 from common import atomic_write, atomic_write_text, figure_bytes, output_lock, run_cli, seed_argument
 from environments import reward_threshold
 
@@ -38,19 +46,37 @@ AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN (RL-Zoo s
 
 
 def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], sb3_budget: str,
-             total_steps: int | None) -> dict:
-    """Train one seed of one agent; return its row of the table."""
-    record_path = runs / f"{agent}-{env_id.replace('/', '-')}-{seed}.json"
+             total_steps: int | None, variant: str | None = None, resume: bool = False, sb3_n_steps: int = 1) -> dict:
+    """Train one seed of one agent; return its row of the table.
+
+    :param variant: a name for `extra`'s settings, in the run's file names (so variants do not share files).
+    :param resume: keep a finished run's record instead of training again, and continue a killed run of ours from
+        its checkpoint (``train.py --resume`` with the same flags).
+    """
+    name = "-".join(part for part in (agent, variant, env_id.replace("/", "-"), str(seed)) if part)
+    record_path = runs / f"{name}.json"
+    timing_path = runs / f"{name}.timed.json"
     budget = [] if total_steps is None else ["--total-steps", str(total_steps)]
+    if resume and record_path.is_file() and timing_path.is_file() and (
+            agent != "dqn" or unfinished_run_step(record_path.with_suffix("")) is None):
+        timing = json.loads(timing_path.read_text())
+        print(f"{name}: finished before, record kept", file=sys.stderr, flush=True)
+        return row_of(agent, seed, env_id, json.loads(record_path.read_text()), **timing)
     if agent == "dqn":
-        timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(record_path.with_suffix("")),
-                          "--no-progress", *budget, *extra)
+        stem = record_path.with_suffix("")
+        again = ["--resume", str(stem)] if resume and unfinished_run_step(stem) is not None else []
+        timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(stem), "--no-progress",
+                          *budget, *extra, *again)
     else:
         timed = run_timed("-m", "bench.sb3_dqn", "--env", env_id, "--seed", str(seed), "--budget", sb3_budget,
-                          "--out", str(record_path), *budget)
-    if timed.returncode != 0:
-        sys.exit(f"bench: {agent} seed {seed} failed:\n{timed.stderr[-2000:]}")
-    record = json.loads(record_path.read_text())
+                          "--out", str(record_path), "--n-steps", str(sb3_n_steps), *budget)
+    timing = {"process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb)}
+    atomic_write_text(timing_path, json.dumps(timing) + "\n")
+    return row_of(agent, seed, env_id, json.loads(record_path.read_text()), **timing)
+
+
+def row_of(agent: str, seed: int, env_id: str, record: dict, process_seconds: float, peak_mb: float) -> dict:
+    """A run's row of the table, from its record and its process's wall time and peak memory."""
     final = record["final_evaluation"]["mean"]
     solved = record["solved_step"] is not None
     threshold = reward_threshold(env_id)
@@ -61,7 +87,7 @@ def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], s
         "first_solved_eval_step": record["solved_step"],
         "seconds_to_solved_policy": record["best_eval"]["seconds"] if solved else None,
         "final_eval": round(final, 2), "solved": None if threshold is None else final >= threshold,
-        "process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb),
+        "process_seconds": process_seconds, "peak_mb": peak_mb,
         "evaluations": record["evaluations"],
     }
 
@@ -126,6 +152,11 @@ def main() -> None:
                         "preset's, or the Zoo's for SB3 with --sb3-budget zoo)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--sb3-n-steps", type=int, default=1, help="SB3's n-step returns (its n_steps), beside ours")
+    parser.add_argument("--variant", default=None, help="a name for the extra train.py flags (e.g. nstep3), in the "
+                        "runs' and the results' file names, so that variants of one environment keep apart")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already finished in --out, and continue "
+                        "killed runs of ours from their checkpoints: a stopped bench goes on where it was")
     parser.add_argument("train_flags", nargs="*", help="extra flags for train.py, after --")
     args = parser.parse_args()
     threshold = reward_threshold(args.env)
@@ -141,14 +172,16 @@ def main() -> None:
     jobs = [(agent, seed) for seed in args.seeds for agent in agents
             if agent == "dqn" or args.sb3_seeds is None or seed in args.sb3_seeds]
 
-    stem = args.out / ("learning" if args.env == "CartPole-v1" else f"learning-{args.env.replace('/', '-')}")
+    stem = args.out / "-".join(part for part in ("learning", None if args.env == "CartPole-v1" else
+                                                 args.env.replace("/", "-"), args.variant) if part)
     command = " ".join(["python -m bench.learning", *sys.argv[1:]])
     rows: list[dict] = []
     lock = threading.Lock()
 
     def run(job: tuple[str, int]) -> None:
         agent, seed = job
-        row = run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget, args.total_steps)
+        row = run_seed(agent, args.env, seed, runs, args.train_flags, args.sb3_budget, args.total_steps,
+                       args.variant, args.resume, args.sb3_n_steps)
         print(f"{agent} seed {seed}: final {row['final_eval']}, {row['steps']} steps, {row['seconds']} s",
               file=sys.stderr, flush=True)
         with lock:  # the summary is rewritten as each run ends, so a stopped bench keeps the runs that finished

@@ -52,10 +52,10 @@ def bytes_per_transition(steps: int = 5_000) -> float:
     for _ in range(steps):
         action = int(env.action_space.sample())
         next_state, reward, terminated, truncated, _ = env.step(action)
-        agent.remember(state, action, float(reward), next_state, terminated)
+        agent.remember(state, action, float(reward), next_state, terminated, truncated)
         state = env.reset()[0] if terminated or truncated else next_state
-    frames = {id(frame): frame.nbytes for state, *_, next_state, _ in agent.replay_buffer
-              for frame in (*state.frames, *next_state.frames)}
+    frames = {id(frame): frame.nbytes for transition in agent.replay_buffer
+              for frame in (*transition.state.frames, *transition.next_state.frames)}
     return sum(frames.values()) / len(agent.replay_buffer)
 
 

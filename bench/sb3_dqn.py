@@ -87,6 +87,7 @@ def main() -> None:
                         help="steps at most: the preset's, as this project's agent gets, or the Zoo's n_timesteps")
     parser.add_argument("--total-steps", type=int, default=None, help="steps at most, overriding --budget")
     parser.add_argument("--out", type=Path, required=True, help="the JSON record to write")
+    parser.add_argument("--n-steps", type=int, default=1, help="SB3's own n-step returns (SB3 2.7 and later)")
     args = parser.parse_args()
     if not (args.env in RL_ZOO or args.env.startswith("MinAtar/")):
         parser.error(f"--env: no RL-Zoo entry for {args.env}")
@@ -112,6 +113,8 @@ def main() -> None:
     images = len(env.observation_space.shape) == 3
     if images:
         hyperparameters = {**hyperparameters, "policy_kwargs": minatar_policy_kwargs(), "optimize_memory_usage": False}
+    if args.n_steps != 1:
+        hyperparameters = {**hyperparameters, "n_steps": args.n_steps}
     model = DQN("CnnPolicy" if images else "MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0,
                 **hyperparameters)
 

@@ -51,7 +51,8 @@ def set_constant_q(network: tf.keras.Model, q_per_action: list[float]) -> None:
 def constant_batch(rewards: list[float], terminated: list[float], actions: list[int]) -> Batch:
     size = len(rewards)
     return Batch(states=tf.zeros((size, 3)), actions=tf.constant(actions, tf.int32), rewards=tf.constant(rewards),
-                 next_states=tf.zeros((size, 3)), terminated=tf.constant(terminated))
+                 next_states=tf.zeros((size, 3)), terminated=tf.constant(terminated), steps=tf.ones(size),
+                 weights=tf.ones(size))
 
 
 def test_train_step_bootstraps_through_truncation_and_stops_only_on_termination():
@@ -59,7 +60,7 @@ def test_train_step_bootstraps_through_truncation_and_stops_only_on_termination(
     set_constant_q(agent.main_network, [0.0, 0.0])
     set_constant_q(agent.target_network, [2.0, 5.0])
     # the second transition was cut by a time limit: not terminated, so y = 1 + 0.9 * max(2, 5)
-    loss = agent.train_step(constant_batch(rewards=[1.0, 1.0], terminated=[1.0, 0.0], actions=[0, 1])).loss
+    (loss, _, _), _ = agent.train_step(constant_batch(rewards=[1.0, 1.0], terminated=[1.0, 0.0], actions=[0, 1]))
     assert float(loss) == pytest.approx((1.0**2 + (1.0 + 0.9 * 5.0) ** 2) / 2)
 
 
@@ -68,11 +69,11 @@ def test_double_dqn_target_values_the_main_networks_choice_with_the_target_netwo
     double = small_agent(gamma=0.5, double_dqn=True)
     set_constant_q(double.main_network, [9.0, 1.0])  # main prefers action 0; Q(s, 1) = 1 enters the loss
     set_constant_q(double.target_network, [2.0, 5.0])  # target values action 0 at 2 (and would pick 1)
-    assert float(double.train_step(batch).loss) == pytest.approx((1.0 + 0.5 * 2.0 - 1.0) ** 2)
+    assert float(double.train_step(batch)[0].loss) == pytest.approx((1.0 + 0.5 * 2.0 - 1.0) ** 2)
     plain = small_agent(gamma=0.5, double_dqn=False)
     set_constant_q(plain.main_network, [9.0, 1.0])
     set_constant_q(plain.target_network, [2.0, 5.0])
-    assert float(plain.train_step(batch).loss) == pytest.approx((1.0 + 0.5 * 5.0 - 1.0) ** 2)
+    assert float(plain.train_step(batch)[0].loss) == pytest.approx((1.0 + 0.5 * 5.0 - 1.0) ** 2)
 
 
 def test_hard_target_update_copies_the_main_network():
@@ -101,7 +102,7 @@ def test_a_training_phase_moves_the_taken_actions_q_value_towards_the_target(opt
     for _ in range(4):
         agent.remember(state, 0, 10.0, state, True)
     before = agent.q_values(state[None])[0]
-    loss, mean_max_q = agent.training_phase(50)
+    loss, mean_max_q, _ = agent.training_phase(50)
     after = agent.q_values(state[None])[0]
     assert type(agent.optimizer).__name__.lower() == optimizer
     if optimizer == "rmsprop":
@@ -115,14 +116,14 @@ def test_replay_buffer_keeps_only_the_newest_transitions():
     for i in range(12):
         agent.remember(np.full(3, i, np.float32), i % 2, float(i), np.full(3, i + 1, np.float32), False)
     assert len(agent.replay_buffer) == 5
-    assert [reward for _, _, reward, _, _ in agent.replay_buffer] == [7.0, 8.0, 9.0, 10.0, 11.0]
+    assert [transition.reward for transition in agent.replay_buffer] == [7.0, 8.0, 9.0, 10.0, 11.0]
 
 
 def test_sample_batch_stacks_transitions_into_arrays():
     agent = small_agent()
     for i in range(10):
         agent.remember(np.full(3, i, np.float32), i % 2, float(i), np.full(3, i + 1, np.float32), i == 9)
-    batch = agent.sample(16, num_batches=4)
+    batch, _ = agent.sample(16, num_batches=4)
     assert batch.states.shape == (4, 16, 3) and batch.next_states.shape == (4, 16, 3)
     assert batch.actions.shape == batch.rewards.shape == batch.terminated.shape == (4, 16)
     # each sampled row is one whole transition: next_state = state + 1, reward = state, terminated iff reward 9
@@ -171,7 +172,7 @@ def test_acting_computes_the_networks_function_after_every_kind_of_weight_change
 def test_the_numpy_forward_pass_is_read_off_the_network_not_written_again():
     agent = small_agent(hidden_sizes=(8, 4))
     layers = agent._forward.layers
-    assert [kernel.shape for kernel, _, _ in layers] == [(3, 8), (8, 4), (4, 2)]
+    assert [weights[0].shape for _, weights in layers] == [(3, 8), (8, 4), (4, 2)]
     assert not NumpyForward.supports(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="tanh")]))
 
 
@@ -185,3 +186,57 @@ def test_save_then_load_gives_identical_q_values(tmp_path):
     other.load(path)
     np.testing.assert_array_equal(other.q_values(states), agent.q_values(states))
     np.testing.assert_array_equal(other.target_network(states).numpy(), agent.main_network(states).numpy())
+
+
+def test_a_dueling_head_is_the_value_plus_the_advantages_less_their_mean():
+    agent = small_agent(dueling=True, hidden_sizes=(8, 4))
+    head = agent.main_network.layers[-1]
+    assert type(head).__name__ == "DuelingHead"
+    features = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
+    value = head.value(head.value_hidden(features)).numpy()
+    advantage = head.advantage(head.advantage_hidden(features)).numpy()
+    assert value.shape == (5, 1) and advantage.shape == (5, 2)
+    np.testing.assert_allclose(head(features).numpy(), value + advantage - advantage.mean(axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    # the streams' hidden layers are the last hidden width (4), split in two, as the paper splits its 512
+    assert head.value_hidden.units == head.advantage_hidden.units == 4
+
+
+def test_acting_computes_a_dueling_networks_function_after_training():
+    agent = small_agent(dueling=True, hidden_sizes=(8, 8), batch_size=4)
+    assert isinstance(agent._forward, NumpyForward)
+    states = np.random.default_rng(3).normal(size=(5, 3)).astype(np.float32)
+    assert_acting_matches_the_network(agent, states)
+    for i in range(8):
+        agent.remember(states[i % 5], i % 2, float(i), states[(i + 1) % 5], False)
+    agent.training_phase(20)
+    assert_acting_matches_the_network(agent, states)
+
+
+def test_an_n_step_target_bootstraps_with_gamma_to_the_k_and_importance_weights_scale_each_term():
+    agent = small_agent(gamma=0.5, double_dqn=False)
+    set_constant_q(agent.main_network, [0.0, 0.0])
+    set_constant_q(agent.target_network, [2.0, 4.0])
+    batch = constant_batch(rewards=[3.0, 3.0], terminated=[0.0, 1.0], actions=[0, 1])
+    # a 2-step transition bootstraps with 0.5^2: y = 3 + 0.25 * 4 = 4; a terminated one does not: y = 3
+    batch = batch._replace(steps=tf.constant([2.0, 3.0]), weights=tf.constant([1.0, 0.5]))
+    (loss, _, _), td_errors = agent.train_step(batch)
+    assert float(loss) == pytest.approx((4.0**2 + 0.5 * 3.0**2) / 2)
+    np.testing.assert_allclose(td_errors.numpy(), [4.0, 3.0])  # y - Q(s, a): the transitions' new priorities
+
+
+def test_a_prioritized_training_phase_gives_the_sampled_transitions_their_new_priorities():
+    agent = small_agent(prioritized_replay=True, batch_size=4, priority_alpha=1.0, priority_epsilon=1e-6)
+    rng = np.random.default_rng(4)
+    for i in range(6):  # terminated transitions: each target is the reward itself
+        agent.remember(rng.normal(size=3).astype(np.float32), i % 2, float(i), rng.normal(size=3).astype(np.float32),
+                       True)
+    assert np.all(agent.memory.priorities[np.arange(6)] == 1.0)  # new transitions: the largest priority so far
+    before = [agent.q_values(t.state[None])[0][t.action] for t in agent.replay_buffer]
+    _, _, mean_weight = agent.training_phase(1, progress=0.0)
+    priorities = agent.memory.priorities[np.arange(6)]
+    drawn = np.flatnonzero(priorities != 1.0)
+    assert len(drawn) > 0 and 0.0 < mean_weight <= 1.0
+    # p_i = |y_i - Q(s_i, a_i)| + epsilon, Q from the weights the step started with
+    expected = [abs(agent.replay_buffer[i].reward - before[i]) + 1e-6 for i in drawn]
+    np.testing.assert_allclose(priorities[drawn], expected, rtol=1e-5)

@@ -21,6 +21,11 @@ def test_json_round_trip_keeps_every_field():
     ({"tau": 0.0}, "tau"),
     ({"hidden_sizes": ()}, "hidden_sizes"),
     ({"loss": "l1"}, "loss"),
+    ({"n_step": 0}, "n_step"),
+    ({"n_step": 20, "buffer_size": 10, "batch_size": 8}, "n_step"),
+    ({"priority_alpha": 1.5}, "priority_alpha"),
+    ({"priority_beta_start": -0.1}, "priority_beta_start"),
+    ({"priority_epsilon": 0.0}, "priority_epsilon"),
 ])
 def test_invalid_values_are_refused_naming_the_field(overrides, field):
     with pytest.raises(ConfigError) as caught:

@@ -8,12 +8,14 @@ import json
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_program
+from gymnasium.utils.env_checker import check_env
 
 import train
 from agent_files import load_agent
 from dqn_agent import DeepQLearning
 from dqn_config import ConfigError, DQNConfig
-from environments import StackedFrames, make_env
+from environments import make_env
+from replay_memory import StackedFrames
 
 FRAME_BYTES = 84 * 84  # one grayscale 84x84 frame, uint8
 
@@ -36,7 +38,7 @@ def test_minatar_boards_are_uint8_images_of_0_and_255():
     state, _ = env.reset(seed=0)
     assert state.shape == (10, 10, 4) and state.dtype == np.uint8 and set(np.unique(state)) == {0, 255}
     frame = env.render()
-    assert frame.shape == (160, 160, 3) and frame.dtype == np.uint8
+    assert frame.shape == (320, 320, 3) and frame.dtype == np.uint8  # 32 pixels a cell, large enough to read
     env.close()
 
 
@@ -47,7 +49,7 @@ def play_into_memory(agent: DeepQLearning, env_id: str, steps: int) -> None:
     for _ in range(steps):
         action = int(env.action_space.sample())
         next_state, reward, terminated, truncated, _ = env.step(action)
-        agent.remember(state, action, float(reward), next_state, terminated)
+        agent.remember(state, action, float(reward), next_state, terminated, truncated)
         state = env.reset()[0] if terminated or truncated else next_state
     env.close()
 
@@ -56,22 +58,36 @@ def test_atari_transitions_in_the_replay_memory_share_their_frames():
     agent = DeepQLearning((84, 84, 4), 6, DQNConfig(batch_size=32, buffer_size=1000))
     play_into_memory(agent, "ALE/Pong-v5", 300)
     memory = agent.replay_buffer
-    assert all(memory[i + 1][0] is memory[i][3] for i in range(len(memory) - 1))  # s of one is s' of the one before
-    frames = {id(frame): frame for state, *_, next_state, _ in memory for frame in (*state.frames, *next_state.frames)}
+    # s of one is s' of the one before: one stored object
+    assert all(memory[i + 1].state is memory[i].next_state for i in range(len(memory) - 1))
+    assert all(isinstance(t.state, StackedFrames) for t in memory)
+    frames = {id(frame): frame for t in memory for frame in (*t.state.frames, *t.next_state.frames)}
     bytes_per_transition = sum(frame.nbytes for frame in frames.values()) / len(memory)
     assert bytes_per_transition < 1.1 * FRAME_BYTES  # one new frame a step, not two stacks of four (8 frames)
-    batch = agent.sample(32)
+    batch, _ = agent.sample(32)
     assert batch.states.shape == (32, 84, 84, 4) and batch.states.dtype == np.uint8
     # no episode of Pong ends within 300 steps, so every next state is its state moved on by one frame
     np.testing.assert_array_equal(batch.next_states[..., :3], batch.states[..., 1:])
 
 
-def test_a_stack_that_moves_on_by_one_frame_reuses_the_three_it_keeps():
-    env = make_env("ALE/Breakout-v5")
-    first, _ = env.reset(seed=0)
-    second, *_ = env.step(0)
-    assert isinstance(second, StackedFrames)
-    assert all(a is b for a, b in zip(second.frames[:3], first.frames[1:], strict=True))
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "LunarLander-v3", "ALE/Pong-v5"])
+def test_every_environment_keeps_gymnasiums_contract(env_id):
+    env = make_env(env_id)
+    check_env(env, skip_render_check=True)  # Gymnasium's own checker: spaces, seeding, determinism, numpy arrays
+    state, _ = env.reset(seed=0)
+    assert type(state) is np.ndarray
+    env.close()
+
+
+def test_minatar_keeps_gymnasiums_contract_but_for_its_own_unseeded_generator():
+    env = make_env("MinAtar/Breakout-v1")
+    # MinAtar's environment seeds its own generator, not Gymnasium's np_random, which check_env looks at
+    with pytest.raises(AssertionError, match="random number generator to have been generated given a seed"):
+        check_env(env, skip_render_check=True)
+    first = [env.reset(seed=7)[0], *(env.step(1)[0] for _ in range(20))]
+    again = [env.reset(seed=7)[0], *(env.step(1)[0] for _ in range(20))]
+    assert all(type(a) is np.ndarray and env.observation_space.contains(a) for a in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # same seed, same frames
     env.close()
 
 
@@ -104,7 +120,7 @@ def test_rewards_are_clipped_for_learning_only_and_returns_stay_the_games(tmp_pa
     config = DQNConfig(clip_rewards=True, batch_size=8, learning_starts=50, train_frequency=10, gradient_steps=2)
     agent = train.build_agent(settings, config)
     result = train.run_training(agent, settings, progress=False)
-    assert {reward for _, _, reward, _, _ in agent.replay_buffer} == {0.0, 1.0}  # the game pays 5
+    assert {t.reward for t in agent.replay_buffer} == {0.0, 1.0}  # the game pays 5
     assert any(episode["return"] > 5 for episode in result.episodes)
     assert all(episode["return"] % 5 == 0 for episode in result.episodes)
     assert result.evaluations[0]["mean"] % 5 == 0

@@ -22,9 +22,10 @@ def project_imports(module: str) -> set[str]:
     return names & PROJECT_MODULES
 
 
-def test_the_agent_imports_only_its_config_and_networks():
-    assert project_imports("dqn_agent") == {"dqn_config", "networks"}
+def test_the_agent_imports_only_its_config_networks_and_replay_memory():
+    assert project_imports("dqn_agent") == {"dqn_config", "networks", "replay_memory"}
     assert project_imports("networks") == {"dqn_config"}
+    assert project_imports("replay_memory") == set()
     assert project_imports("dqn_config") == set()
 
 

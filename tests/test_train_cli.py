@@ -46,6 +46,11 @@ QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency"
     (["--seed", "-1"], ["--seed", "from 0 to"]),
     (["--seed", "1e3"], ["--seed", "whole number"]),
     (["--no-such-flag"], ["unrecognized"]),
+    (["--n-step", "0"], ["--n-step", "positive"]),
+    (["--n-step", "200", "--buffer-size", "150", "--batch-size", "32"], ["--n-step", "buffer_size"]),
+    (["--priority-alpha", "1.5"], ["--priority-alpha", "[0, 1]"]),
+    (["--priority-beta-start", "-0.1"], ["--priority-beta-start", "[0, 1]"]),
+    (["--priority-epsilon", "0"], ["--priority-epsilon", "positive"]),
 ])
 def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, words):
     assert_one_line_error(run_program("train.py", *args), *words)
@@ -135,14 +140,14 @@ def test_a_time_limit_truncation_is_stored_as_not_terminated(tmp_path):
     result = train.run_training(agent, settings, progress=False)
     # random CartPole play lasts longer than 5 steps, so every episode here ends by truncation
     assert len(result.episodes) == 40 and all(e["length"] == 5 for e in result.episodes)
-    assert not any(terminated for *_, terminated in agent.replay_buffer)
+    assert not any(t.terminated for t in agent.replay_buffer)
 
 
 def test_termination_is_stored_as_terminated(tmp_path):
     settings, config = quick_settings(tmp_path, total_steps=300, eval_interval=300)
     agent = train.build_agent(settings, config)
     result = train.run_training(agent, settings, progress=False)
-    assert sum(terminated for *_, terminated in agent.replay_buffer) == len(result.episodes) > 0
+    assert sum(t.terminated for t in agent.replay_buffer) == len(result.episodes) > 0
 
 
 def test_same_seed_same_run(tmp_path):
