@@ -3,7 +3,9 @@
     python -m bench.costs
 
 Times each call on the default agent (64-64, batch 64) with a replay buffer of 35,000 CartPole-v1
-transitions (the size at which the defaults solve it), median of 5 rounds.
+transitions (the size at which the defaults solve it), median of 5 rounds. Then drawing a minibatch from
+100,000 transitions, uniformly and by priority (prioritized replay's sum tree), and a prioritized training
+phase, which draws each minibatch after the previous step's priorities are in.
 """
 
 from __future__ import annotations
@@ -31,6 +33,34 @@ def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> floa
     return statistics.median(rounds)
 
 
+def replay_rows(agent_class: type, env: object, size: int = 100_000) -> list[tuple[str, float]]:
+    """Sampling from `size` random CartPole transitions, uniform and prioritized, and a prioritized phase."""
+    from dqn_config import DQNConfig
+
+    agents = {kind: agent_class(env.observation_space.shape, int(env.action_space.n),
+                                DQNConfig(buffer_size=size, batch_size=64, prioritized_replay=kind == "prioritized"))
+              for kind in ("uniform", "prioritized")}
+    state, _ = env.reset(seed=1)
+    for _ in range(size):
+        action = int(env.action_space.sample())
+        next_state, reward, terminated, truncated, _ = env.step(action)
+        for agent in agents.values():
+            agent.remember(state, action, float(reward), next_state, terminated, truncated)
+        state = env.reset()[0] if terminated or truncated else next_state
+    uniform, prioritized = agents["uniform"], agents["prioritized"]
+    prioritized.memory.update_priorities(np.arange(size), np.random.default_rng(0).exponential(size=size))
+    return [
+        (f"`sample(64)` from {size:,} transitions, uniform", milliseconds(lambda: uniform.sample(64), 500)),
+        (f"`sample(64)` from {size:,} transitions, prioritized", milliseconds(lambda: prioritized.sample(64), 500)),
+        ("`update_priorities` of 64 transitions", milliseconds(
+            lambda: prioritized.memory.update_priorities(np.arange(64) * 997, np.ones(64)), 500)),
+        ("`training_phase(128)`, uniform, per gradient step", milliseconds(lambda: uniform.training_phase(128), 5,
+                                                                           per=128)),
+        ("`training_phase(128)`, prioritized, per gradient step", milliseconds(
+            lambda: prioritized.training_phase(128), 5, per=128)),
+    ]
+
+
 def main() -> None:
     agent_class = import_agent_class()
     import keras
@@ -42,7 +72,7 @@ def main() -> None:
     for _ in range(35_000):
         action = agent.act(state, epsilon=1.0)
         next_state, reward, terminated, truncated, _ = env.step(action)
-        agent.remember(state, action, float(reward), next_state, terminated)
+        agent.remember(state, action, float(reward), next_state, terminated, truncated)
         state = env.reset()[0] if terminated or truncated else next_state
     state = state.astype(np.float32)
     rows = [
@@ -59,6 +89,7 @@ def main() -> None:
          milliseconds(lambda: agent.training_phase(128), 10, per=128)),
         ("`update_target_network()`", milliseconds(agent.update_target_network, 500)),
     ]
+    rows += replay_rows(agent_class, env)
     print(f"machine: {machine()}")
     print("| call | ms |\n|---|---|")
     for name, cost in rows:

@@ -70,6 +70,8 @@ def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], s
     else:
         timed = run_timed("-m", "bench.sb3_dqn", "--env", env_id, "--seed", str(seed), "--budget", sb3_budget,
                           "--out", str(record_path), "--n-steps", str(sb3_n_steps), *budget)
+    if timed.returncode != 0:
+        sys.exit(f"bench: {agent} seed {seed} failed:\n{timed.stderr[-2000:]}")
     timing = {"process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb)}
     atomic_write_text(timing_path, json.dumps(timing) + "\n")
     return row_of(agent, seed, env_id, json.loads(record_path.read_text()), **timing)

@@ -54,3 +54,25 @@ def test_curve_of_a_stem_without_a_checkpoint_is_one_line_and_a_non_zero_exit(tm
                                                  ".checkpoint.h5: give the --out STEM of a run that reached its first "
                                                  "evaluation (a run writes its checkpoint there)"]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
+def test_a_stopped_learning_bench_goes_on_where_it_was_with_resume(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # seed 3 was killed after its first checkpoint (a checkpoint, no record); seed 4 never started
+    killed = run_program("train.py", *QUICK, "--no-early-stop", "--total-steps", "300", "--n-step", "2", "--seed", "3",
+                         "--out", str(runs / "dqn-nstep2-CartPole-v1-3"))
+    assert killed.returncode == 0, killed.stderr
+    (runs / "dqn-nstep2-CartPole-v1-3.json").unlink()
+    command = [sys.executable, "-m", "bench.learning", "--seeds", "3", "4", "--out", str(tmp_path), "--resume",
+               "--variant", "nstep2", "--", *QUICK, "--no-early-stop", "--n-step", "2"]
+    bench = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr
+    rows = json.loads((tmp_path / "learning-nstep2.json").read_text())["rows"]
+    assert [(row["seed"], row["steps"]) for row in rows] == [(3, 600), (4, 600)]
+    # seed 3 went on from its checkpoint at step 300: its first evaluation is the killed run's own
+    assert [e["step"] for e in rows[0]["evaluations"]] == [300, 600]
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stderr.count("finished before, record kept") == 2, again.stderr
+    assert json.loads((tmp_path / "learning-nstep2.json").read_text())["rows"] == rows

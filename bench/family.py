@@ -1,0 +1,75 @@
+"""What each extension of the DQN family costs in speed: env steps per second of a training run, beside DQN.
+
+    python -m bench.family                                  # CartPole-v1 and MinAtar/Breakout-v1
+    python -m bench.family --envs CartPole-v1 --repeats 3
+
+Each run is the real ``train.py`` with the environment's preset and one variant's flags (DQN, n-step returns,
+the dueling head, prioritized replay, all three), under ``/usr/bin/time -v``, for a fixed number of steps with
+no early stop and one evaluation episode at the end, past the preset's ``learning_starts`` so that its update
+schedule runs. Variants are interleaved, so that a change in the machine's load hits them alike; steps/s
+excludes the evaluation. Prints each variant's median steps/s and its ratio to DQN's; writes ``family.json``
+into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from bench.timed import machine, run_timed
+from common import atomic_write_text, run_cli
+
+VARIANTS = {
+    "DQN": [],
+    "n-step (3)": ["--n-step", "3"],
+    "dueling": ["--dueling"],
+    "prioritized replay": ["--prioritized-replay"],
+    "all three": ["--n-step", "3", "--dueling", "--prioritized-replay"],
+}
+# steps per run, and learning_starts where the preset's would leave too little of the run
+BUDGETS = {"CartPole-v1": ["--total-steps", "20000"],
+           "MinAtar/Breakout-v1": ["--total-steps", "15000", "--learning-starts", "5000"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant (the median is shown)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    runs = args.out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}", flush=True)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for env_id in args.envs:
+        for _ in range(args.repeats):
+            for variant, flags in VARIANTS.items():
+                stem = runs / f"family-{env_id.replace('/', '-')}"
+                steps = BUDGETS[env_id][1]
+                timed = run_timed("train.py", "--env", env_id, *BUDGETS[env_id], "--no-early-stop",
+                                  "--eval-interval", steps, "--eval-episodes", "1", "--final-eval-episodes", "1",
+                                  "--no-progress", "--no-tensorboard", "--out", str(stem), *flags)
+                if timed.returncode != 0:
+                    sys.exit(f"bench: train.py {variant} on {env_id} failed:\n{timed.stderr[-2000:]}")
+                record = json.loads(stem.with_suffix(".json").read_text())
+                rate = record["steps"] / (record["seconds"] - record["eval_seconds"])
+                rates.setdefault((env_id, variant), []).append(rate)
+                print(f"{env_id} {variant}: {rate:.0f} steps/s", file=sys.stderr, flush=True)
+    rows = []
+    print("| environment | variant | env steps/s (median) | of DQN's |\n|---|---|---|---|")
+    for env_id in args.envs:
+        baseline = statistics.median(rates[(env_id, "DQN")])
+        for variant in VARIANTS:
+            rate = statistics.median(rates[(env_id, variant)])
+            rows.append({"env_id": env_id, "variant": variant, "steps_per_second": round(rate),
+                         "runs": [round(r) for r in rates[(env_id, variant)]], "of_dqn": round(rate / baseline, 2)})
+            print(f"| {env_id} | {variant} | {rate:.0f} | {rate / baseline:.0%} |")
+    summary = {"machine": machine(), "command": " ".join(["python -m bench.family", *sys.argv[1:]]), "rows": rows}
+    atomic_write_text(args.out / "family.json", json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(lambda _: main() or 0)  # a failed write of the results: one line, exit 1
