@@ -47,3 +47,16 @@ def test_no_tensorboard_writes_no_logs(tmp_path):
     result = run_program("train.py", *QUICK, "--out", str(tmp_path / "run"), "--no-tensorboard")
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_prioritized_replay_logs_its_importance_weights_and_how_skewed_the_draw_is(tmp_path):
+    result = run_program("train.py", *QUICK, "--no-early-stop", "--prioritized-replay", "--out", str(tmp_path / "run"),
+                         "--tensorboard", str(tmp_path / "logs"))
+    assert result.returncode == 0, result.stderr
+    (folder,) = (tmp_path / "logs").iterdir()
+    events = read_run(folder)
+    weights = values(events, "replay/mean_importance_weight")
+    spread = values(events, "replay/max_to_mean_priority")
+    assert [step for step, _ in weights] == [step for step, _ in spread] == list(range(250, 601, 50))
+    assert all(0.0 < value <= 1.0 for _, value in weights)  # normalised by the batch's largest weight
+    assert all(value >= 1.0 for _, value in spread) and spread[-1][1] > 1.0  # priorities differ once learned
