@@ -42,40 +42,38 @@ class QNetwork(keras.Sequential):
 
 @keras.saving.register_keras_serializable(package="dqn")
 class DuelingHead(keras.layers.Layer):
-    """The dueling architecture's head (Wang et al., 2016): from the torso's features, a value stream V(s) and an
-    advantage stream A(s, a), each with a hidden ReLU layer of `units`, combined as
+    """The dueling architecture's head (Wang et al., 2016): from the torso's features, a state value V(s) and the
+    actions' advantages A(s, a), combined as
 
         Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')
 
-    (subtracting the mean makes V and A identifiable: the advantages of a state average to zero).
+    (subtracting the mean makes V and A identifiable: the advantages of a state average to zero). Both streams are
+    linear layers on the network's last hidden layer, which they share, so a dueling network costs what DQN's
+    does; the paper gives each stream a hidden layer of its own, which doubled the head's cost here (see the
+    README's DQN-family speed table).
 
     :param num_actions: outputs, one Q-value per action.
-    :param units: units of each stream's hidden layer (the torso's last width, as the paper splits it).
     """
 
-    def __init__(self, num_actions: int, units: int, **kwargs: object) -> None:
+    def __init__(self, num_actions: int, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.num_actions, self.units = num_actions, units
-        self.value_hidden = keras.layers.Dense(units, activation="relu", name="value_hidden")
+        self.num_actions = num_actions
         self.value = keras.layers.Dense(1, name="value")
-        self.advantage_hidden = keras.layers.Dense(units, activation="relu", name="advantage_hidden")
         self.advantage = keras.layers.Dense(num_actions, name="advantage")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        for hidden, out in ((self.value_hidden, self.value), (self.advantage_hidden, self.advantage)):
-            hidden.build(input_shape)
-            out.build((*input_shape[:-1], self.units))
+        self.value.build(input_shape)
+        self.advantage.build(input_shape)
 
     def call(self, features: keras.KerasTensor) -> keras.KerasTensor:
-        value = self.value(self.value_hidden(features))
-        advantage = self.advantage(self.advantage_hidden(features))
+        value, advantage = self.value(features), self.advantage(features)
         return value + advantage - keras.ops.mean(advantage, axis=-1, keepdims=True)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*input_shape[:-1], self.num_actions)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "num_actions": self.num_actions, "units": self.units}
+        return {**super().get_config(), "num_actions": self.num_actions}
 
 
 def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config: DQNConfig, name: str) -> QNetwork:
@@ -88,8 +86,8 @@ def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config
     - minatar_cnn: one 16-filter 3x3 convolution and a 128-unit dense layer, for small boards (Young and
       Tian, 2019).
 
-    With `config.dueling` the last hidden layer becomes the two streams of a `DuelingHead`, each of that width,
-    as the dueling paper splits the Nature network's 512-unit layer.
+    With `config.dueling` the output layer becomes a `DuelingHead`: a value and an advantage stream on the last
+    hidden layer.
 
     Images come in as uint8 pixels (stored that way in the replay buffer) and are scaled to [0, 1] by
     the network's first layer.
@@ -115,10 +113,8 @@ def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config
             layers.append(keras.layers.Conv2D(16, 3, strides=1, activation="relu"))
             last = 128
         layers.append(keras.layers.Flatten())
-    if config.dueling:
-        layers.append(DuelingHead(num_actions, last))
-    else:
-        layers += [keras.layers.Dense(last, activation="relu"), keras.layers.Dense(num_actions, activation="linear")]
+    layers.append(keras.layers.Dense(last, activation="relu"))
+    layers.append(DuelingHead(num_actions) if config.dueling else keras.layers.Dense(num_actions, activation="linear"))
     return QNetwork(layers, name=name)
 
 
@@ -129,10 +125,9 @@ def _dense(activation: str) -> Callable[[np.ndarray, list[np.ndarray]], np.ndarr
 
 def _dueling(x: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
     """`DuelingHead.call` in NumPy, its weights in `get_weights` order: the value stream's, then the advantage's."""
-    value_kernel, value_bias, value_out, value_out_bias, advantage_kernel, advantage_bias, out, out_bias = weights
-    value = np.maximum(x @ value_kernel + value_bias, 0.0) @ value_out + value_out_bias
-    advantage = np.maximum(x @ advantage_kernel + advantage_bias, 0.0) @ out + out_bias
-    return value + advantage - advantage.mean(axis=-1, keepdims=True)
+    value_kernel, value_bias, advantage_kernel, advantage_bias = weights
+    advantage = x @ advantage_kernel + advantage_bias
+    return x @ value_kernel + value_bias + advantage - advantage.mean(axis=-1, keepdims=True)
 
 
 class NumpyForward:

@@ -192,14 +192,14 @@ def test_a_dueling_head_is_the_value_plus_the_advantages_less_their_mean():
     agent = small_agent(dueling=True, hidden_sizes=(8, 4))
     head = agent.main_network.layers[-1]
     assert type(head).__name__ == "DuelingHead"
-    features = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
-    value = head.value(head.value_hidden(features)).numpy()
-    advantage = head.advantage(head.advantage_hidden(features)).numpy()
+    assert [type(layer).__name__ for layer in agent.main_network.layers] == ["Dense", "Dense", "DuelingHead"]
+    features = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)  # the last hidden layer's 4 units
+    value, advantage = head.value(features).numpy(), head.advantage(features).numpy()
     assert value.shape == (5, 1) and advantage.shape == (5, 2)
     np.testing.assert_allclose(head(features).numpy(), value + advantage - advantage.mean(axis=1, keepdims=True),
                                rtol=1e-5, atol=1e-6)
-    # the streams' hidden layers are the last hidden width (4), split in two, as the paper splits its 512
-    assert head.value_hidden.units == head.advantage_hidden.units == 4
+    # the advantages of a state average to zero: the mean of Q over the actions is V
+    np.testing.assert_allclose(head(features).numpy().mean(axis=1, keepdims=True), value, rtol=1e-5, atol=1e-6)
 
 
 def test_acting_computes_a_dueling_networks_function_after_training():
