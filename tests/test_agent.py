@@ -154,8 +154,10 @@ def assert_acting_matches_the_network(agent: DeepQLearning, states: np.ndarray) 
     np.testing.assert_allclose(agent.q_values(states), agent.main_network(states).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_acting_computes_the_networks_function_after_every_kind_of_weight_change(tmp_path):
-    agent = small_agent(hidden_sizes=(8, 8), batch_size=4)
+@pytest.mark.parametrize("dueling", [False, True], ids=["dense", "dueling"])
+def test_acting_computes_the_networks_function_after_every_kind_of_weight_change(tmp_path, dueling):
+    agent = small_agent(hidden_sizes=(8, 8), batch_size=4, dueling=dueling)
+    assert isinstance(agent._forward, NumpyForward)  # NumPy acting, a dueling head included
     states = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     assert_acting_matches_the_network(agent, states)
     for i in range(8):
@@ -200,17 +202,6 @@ def test_a_dueling_head_is_the_value_plus_the_advantages_less_their_mean():
                                rtol=1e-5, atol=1e-6)
     # the advantages of a state average to zero: the mean of Q over the actions is V
     np.testing.assert_allclose(head(features).numpy().mean(axis=1, keepdims=True), value, rtol=1e-5, atol=1e-6)
-
-
-def test_acting_computes_a_dueling_networks_function_after_training():
-    agent = small_agent(dueling=True, hidden_sizes=(8, 8), batch_size=4)
-    assert isinstance(agent._forward, NumpyForward)
-    states = np.random.default_rng(3).normal(size=(5, 3)).astype(np.float32)
-    assert_acting_matches_the_network(agent, states)
-    for i in range(8):
-        agent.remember(states[i % 5], i % 2, float(i), states[(i + 1) % 5], False)
-    agent.training_phase(20)
-    assert_acting_matches_the_network(agent, states)
 
 
 def test_an_n_step_target_bootstraps_with_gamma_to_the_k_and_importance_weights_scale_each_term():
