@@ -337,19 +337,20 @@ class DeepQLearning:
         """
         if not self.config.prioritized_replay:
             batches, _ = self.sample(self.config.batch_size, num_steps)
-            loss, mean_max_q, _, weights = self._training_phase(Batch(*(tf.constant(field) for field in batches)))
+            loss, mean_max_q, _, network_weights = self._training_phase(
+                Batch(*(tf.constant(field) for field in batches)))
             stats = StepStats(float(loss), float(mean_max_q))
         else:
             beta, totals = self.priority_beta(progress), np.zeros(3)
             for _ in range(num_steps):
                 batches, indices = self.sample(self.config.batch_size, 1, beta)
-                loss, mean_max_q, td_errors, weights = self._training_phase(
+                loss, mean_max_q, td_errors, network_weights = self._training_phase(
                     Batch(*(tf.constant(field) for field in batches)))
                 self.memory.update_priorities(indices[0], td_errors.numpy()[0])
                 totals += (float(loss), float(mean_max_q), float(batches.weights.mean()))
             stats = StepStats(*(totals / num_steps))
         if isinstance(self._forward, NumpyForward):
-            self._forward.read_weights([weight.numpy() for weight in weights])
+            self._forward.read_weights([weight.numpy() for weight in network_weights])
         return stats
 
     @tf.function
