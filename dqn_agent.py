@@ -196,6 +196,7 @@ class DeepQLearning:
         self._forward = NumpyForward(self.main_network) if NumpyForward.supports(self.main_network) \
             else self._compile_forward()
         self._training_phase = self._compile_training_phase()
+        self._train_step = self._compile_train_step() if self.config.prioritized_replay else None
 
     def _build_optimizer(self) -> keras.optimizers.Optimizer:
         """Adam, or RMSprop as in the Nature paper (decay 0.95, centred, `rmsprop_epsilon` under the square root);
@@ -340,18 +341,18 @@ class DeepQLearning:
             loss, mean_max_q, _, network_weights = self._training_phase(
                 Batch(*(tf.constant(field) for field in batches)))
             stats = StepStats(float(loss), float(mean_max_q))
-        else:
-            beta, totals = self.priority_beta(progress), np.zeros(3)
-            for _ in range(num_steps):
-                batches, indices = self.sample(self.config.batch_size, 1, beta)
-                loss, mean_max_q, td_errors, network_weights = self._training_phase(
-                    Batch(*(tf.constant(field) for field in batches)))
-                self.memory.update_priorities(indices[0], td_errors.numpy()[0])
-                totals += (float(loss), float(mean_max_q), float(batches.weights.mean()))
-            stats = StepStats(*(totals / num_steps))
+            if isinstance(self._forward, NumpyForward):
+                self._forward.read_weights([weight.numpy() for weight in network_weights])
+            return stats
+        beta, totals = self.priority_beta(progress), np.zeros(3)
+        for _ in range(num_steps):
+            batch, indices = self.sample(self.config.batch_size, beta=beta)
+            (loss, mean_max_q, _), td_errors = self._train_step(Batch(*(tf.constant(field) for field in batch)))
+            self.memory.update_priorities(indices, td_errors.numpy())
+            totals += (float(loss), float(mean_max_q), float(batch.weights.mean()))
         if isinstance(self._forward, NumpyForward):
-            self._forward.read_weights([weight.numpy() for weight in network_weights])
-        return stats
+            self._forward.read_weights()
+        return StepStats(*(totals / num_steps))
 
     @tf.function
     def update_target_network(self) -> None:
@@ -408,6 +409,18 @@ class DeepQLearning:
         column = tf.TensorSpec(steps_and_batch, tf.float32)
         return tf.function(phase, jit_compile=use_xla).get_concrete_function(
             Batch(states=observations, actions=tf.TensorSpec(steps_and_batch, tf.int32), rewards=column,
+                  next_states=observations, terminated=column, steps=column, weights=column))
+
+    def _compile_train_step(self) -> tf.types.experimental.ConcreteFunction:
+        """`train_step` on one minibatch as one compiled call, for prioritized replay, which draws each minibatch
+        only once the previous step's priorities are in (no loop, and no weights handed back: acting reads them
+        once, after the phase)."""
+        use_xla = self.config.network_for(self.observation_shape) == "mlp"  # as in `_compile_training_phase`
+        batch = [self.config.batch_size]
+        column = tf.TensorSpec(batch, tf.float32)
+        observations = tf.TensorSpec([*batch, *self.observation_shape], tf.as_dtype(self.observation_dtype))
+        return tf.function(self.train_step, jit_compile=use_xla).get_concrete_function(
+            Batch(states=observations, actions=tf.TensorSpec(batch, tf.int32), rewards=column,
                   next_states=observations, terminated=column, steps=column, weights=column))
 
     def _compile_forward(self) -> Callable[[np.ndarray], np.ndarray]:
