@@ -77,7 +77,8 @@ class RunSettings:
     """How long to train, how to evaluate, and where to write; not hyperparameters of the agent.
 
     `reward_threshold` is the early-stop target: an evaluation that reaches it is confirmed on
-    `confirm_episodes` more episodes, and the run stops only if that confirmation reaches it too.
+    `confirm_episodes` more episodes, and the run stops only if that confirmation's lower confidence bound
+    (`lower_confidence_bound`) reaches it too.
     `checkpoint_buffer` puts the replay buffer in each checkpoint, so that a resumed run is bit for bit
     the run never stopped.
     """
@@ -128,7 +129,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
 
     Saves the best evaluated weights to ``STEM.weights.h5`` as they improve (scored by their
     confirmation where they have one), and a checkpoint to ``STEM.checkpoint.h5`` at every evaluation.
-    Stops early once an evaluation reaches ``settings.reward_threshold`` and its confirmation does too.
+    Stops early once an evaluation reaches ``settings.reward_threshold`` and its confirmation's lower confidence
+    bound does too.
     Ctrl-C stops the loop and keeps what it has.
 
     :param agent: a freshly built agent, or one that `checkpoints.restore_checkpoint` has filled.
@@ -400,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                          help=f"{doc} (default: the preset's, else {getattr(defaults, name)})")
     run.add_argument("--reward-threshold", type=float, default=None,
-                     help="early-stop target: stop once an evaluation's mean return reaches it and its confirmation "
-                     "does too (default: the preset's, else the environment's registered threshold, 475 for "
-                     "CartPole-v1)")
+                     help="early-stop target: stop once an evaluation's mean return reaches it and its confirmation's "
+                     "mean minus three standard errors does too (default: the preset's, else the environment's "
+                     "registered threshold, 475 for CartPole-v1)")
     run.add_argument("--no-early-stop", action="store_true", help="train for all --total-steps")
     run.add_argument("--out", type=Path, default=None,
                      help="output stem: writes STEM.weights.h5, .json, .csv and .png (default: models/ENV_ID; a "

@@ -41,7 +41,7 @@ def test_an_environments_preset_is_used_and_a_flag_overrides_only_its_own_value(
     assert command.preset["file"] == "presets/MountainCar-v0.toml"
     assert config == DQNConfig(**preset.config)
     assert settings.total_steps == preset.run["total_steps"] == 120_000
-    assert settings.reward_threshold == preset.run["reward_threshold"]
+    assert "reward_threshold" not in preset.run and settings.reward_threshold == -110  # the registry's threshold
 
     command = train.parse_args(["--env", "MountainCar-v0", "--learning-rate", "0.001", "--total-steps", "7000", *out])
     settings, config = command.settings, command.config
