@@ -196,7 +196,8 @@ class DeepQLearning:
         self._forward = NumpyForward(self.main_network) if NumpyForward.supports(self.main_network) \
             else self._compile_forward()
         self._training_phase = self._compile_training_phase()
-        self._train_step = self._compile_train_step() if self.config.prioritized_replay else None
+        self._train_step = self._compile_train_step() if self.config.prioritized_replay and \
+            self.config.priority_updates == "step" else None
 
     def _build_optimizer(self) -> keras.optimizers.Optimizer:
         """Adam, or RMSprop as in the Nature paper (decay 0.95, centred, `rmsprop_epsilon` under the square root);
@@ -281,7 +282,7 @@ class DeepQLearning:
             positions in the replay buffer (for their new priorities).
         """
         shape = (batch_size,) if num_batches is None else (num_batches, batch_size)
-        drawn = self.memory.sample(int(np.prod(shape)), self.rng, beta)
+        drawn = self.memory.sample(shape, self.rng, beta)
         states, actions, rewards, next_states, terminated, steps = zip(*drawn.transitions, strict=True)
         return Batch(
             states=np.asarray(states, dtype=self.observation_dtype).reshape(*shape, *self.observation_shape),
@@ -329,22 +330,25 @@ class DeepQLearning:
 
         Uniform replay draws every minibatch of the phase at once and runs the phase in one compiled call.
         Prioritized replay draws each minibatch after the previous step's priorities are in, as the paper does:
-        one compiled call per gradient step.
+        one compiled call per gradient step; with ``priority_updates="phase"`` it draws them all at once too,
+        and updates their priorities after the phase (priorities up to ``num_steps - 1`` steps old).
 
         :param num_steps: how many gradient steps (the config's `gradient_steps` in train.py).
         :param progress: the fraction of the run done, for prioritized replay's beta.
         :return: the phase's mean loss (NaN or infinite if training diverged), mean max Q-value and mean
             importance weight.
         """
-        if not self.config.prioritized_replay:
-            batches, _ = self.sample(self.config.batch_size, num_steps)
-            loss, mean_max_q, _, network_weights = self._training_phase(
+        beta = self.priority_beta(progress)
+        if not self.config.prioritized_replay or self.config.priority_updates == "phase":
+            batches, indices = self.sample(self.config.batch_size, num_steps, beta)
+            loss, mean_max_q, td_errors, network_weights = self._training_phase(
                 Batch(*(tf.constant(field) for field in batches)))
-            stats = StepStats(float(loss), float(mean_max_q))
+            if self.config.prioritized_replay:  # after the phase: a transition drawn twice keeps its later error
+                self.memory.update_priorities(indices.ravel(), td_errors.numpy().ravel())
             if isinstance(self._forward, NumpyForward):
                 self._forward.read_weights([weight.numpy() for weight in network_weights])
-            return stats
-        beta, totals = self.priority_beta(progress), np.zeros(3)
+            return StepStats(float(loss), float(mean_max_q), float(batches.weights.mean()))
+        totals = np.zeros(3)
         for _ in range(num_steps):
             batch, indices = self.sample(self.config.batch_size, beta=beta)
             (loss, mean_max_q, _), td_errors = self._train_step(Batch(*(tf.constant(field) for field in batch)))

@@ -17,6 +17,7 @@ from typing import Any
 LOSSES = ("mse", "huber")
 OPTIMIZERS = ("adam", "rmsprop")
 NETWORKS = ("auto", "mlp", "nature_cnn", "minatar_cnn")
+PRIORITY_UPDATES = ("step", "phase")
 NATURE_CNN_MIN_SIZE = 36  # the Nature torso's 8x8/4, 4x4/2 and 3x3/1 convolutions leave 1x1 of a 36x36 image
 
 
@@ -75,6 +76,9 @@ class DQNConfig:
                                         "[0, 1], annealed to 1 by the last")
     priority_epsilon: float = _param(1e-6, "prioritized replay: added to each absolute TD error, so that every "
                                      "transition can be drawn")
+    priority_updates: str = _param("step", "prioritized replay: step (each minibatch drawn after the previous "
+                                   "gradient step's priorities are in; exact) or phase (a training phase's "
+                                   "minibatches drawn at once, their priorities updated after it; one compiled call)")
     dueling: bool = _param(False, "dueling head: a value and an advantage stream, Q = V + A - mean(A) "
                            "(Wang et al., 2016)")
 
@@ -98,7 +102,8 @@ class DQNConfig:
             raise ConfigError("n_step", f"({self.n_step}) must not exceed buffer_size ({self.buffer_size})")
         if self.batch_size > self.buffer_size:
             raise ConfigError("batch_size", f"({self.batch_size}) must not exceed buffer_size ({self.buffer_size})")
-        for name, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("network", NETWORKS)):
+        for name, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("network", NETWORKS),
+                              ("priority_updates", PRIORITY_UPDATES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
 

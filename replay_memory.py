@@ -202,23 +202,26 @@ class ReplayMemory:
         return stored
 
     # ---------------------------------------------------------------------------------- sampling
-    def sample(self, size: int, rng: np.random.Generator, beta: float = 1.0) -> Sample:
-        """Draw `size` transitions with replacement: uniformly, or in proportion to priority.
+    def sample(self, shape: tuple[int, ...], rng: np.random.Generator, beta: float = 1.0) -> Sample:
+        """Draw transitions with replacement, uniformly or in proportion to priority, for minibatches of
+        ``shape[-1]`` (``shape`` may stack several of them).
 
         :param beta: the importance-sampling exponent of prioritized replay (1: full correction).
-        :return: the transitions, their deque positions, and their importance weights (all 1 when uniform).
+        :return: the transitions, their deque positions, and their importance weights (all 1 when uniform), flat;
+            with prioritized replay each weight is normalised by the largest of its minibatch.
         """
+        size = int(np.prod(shape))
         if self.priorities is None:
             indices = rng.integers(len(self.transitions), size=size)
             weights = np.ones(size, np.float32)
-        else:  # stratified: one draw in each of `size` equal parts of the total priority
-            total = self.priorities.total
-            targets = (np.arange(size) + rng.random(size)) * (total / size)
+        else:  # stratified: each minibatch draws once in each of its `batch` equal parts of the total priority
+            total, batch = self.priorities.total, shape[-1]
+            targets = (np.arange(batch) + rng.random((size // batch, batch))) * (total / batch)
             # slots 0 to len - 1 hold transitions (all of them once full); a rounding error must not land past them
-            slots = np.minimum(self.priorities.find(targets), len(self.transitions) - 1)
+            slots = np.minimum(self.priorities.find(targets.ravel()), len(self.transitions) - 1)
             probabilities = self.priorities[slots] / total
-            weights = (len(self.transitions) * probabilities) ** -beta
-            weights = (weights / weights.max()).astype(np.float32)
+            weights = ((len(self.transitions) * probabilities) ** -beta).reshape(-1, batch)
+            weights = (weights / weights.max(axis=1, keepdims=True)).astype(np.float32).ravel()
             indices = (slots - self._slot(0)) % self.capacity
         return Sample([self.transitions[i] for i in indices], indices, weights)
 

@@ -56,7 +56,7 @@ from common import (
     summarize,
     write_problem,
 )
-from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, ConfigError, DQNConfig
+from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, PRIORITY_UPDATES, ConfigError, DQNConfig
 from environments import make_env, reward_threshold
 from presets import PRESETS_DIR, RUN_FIELDS, PresetError, all_presets, find_preset, read_preset
 
@@ -359,7 +359,7 @@ def library_versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ the command
-CHOICES = {"loss": LOSSES, "optimizer": OPTIMIZERS, "network": NETWORKS}
+CHOICES = {"loss": LOSSES, "optimizer": OPTIMIZERS, "network": NETWORKS, "priority_updates": PRIORITY_UPDATES}
 
 
 class ListPresets(argparse.Action):

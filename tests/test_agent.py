@@ -231,3 +231,18 @@ def test_a_prioritized_training_phase_gives_the_sampled_transitions_their_new_pr
     # p_i = |y_i - Q(s_i, a_i)| + epsilon, Q from the weights the step started with
     expected = [abs(agent.replay_buffer[i].reward - before[i]) + 1e-6 for i in drawn]
     np.testing.assert_allclose(priorities[drawn], expected, rtol=1e-5)
+
+
+def test_a_phase_of_prioritized_replay_can_draw_its_minibatches_at_once_and_update_their_priorities_after():
+    agent = small_agent(prioritized_replay=True, priority_updates="phase", batch_size=4, priority_alpha=1.0)
+    assert agent._train_step is None  # the whole phase is one compiled call, as with uniform replay
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        agent.remember(rng.normal(size=3).astype(np.float32), i % 2, float(i), rng.normal(size=3).astype(np.float32),
+                       True)
+    batch, _ = agent.sample(4, 3)
+    # each of the phase's minibatches is a stratified draw of its own, weighted against its own largest weight
+    assert batch.weights.shape == (3, 4) and np.allclose(batch.weights.max(axis=1), 1.0)
+    _, _, mean_weight = agent.training_phase(3, progress=0.0)
+    changed = agent.memory.priorities[np.arange(40)] != 1.0
+    assert 0 < changed.sum() <= 12 and 0.0 < mean_weight <= 1.0  # at most 3 minibatches of 4 got new priorities

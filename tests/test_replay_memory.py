@@ -65,25 +65,25 @@ def filled(priorities: list[float], alpha: float = 1.0, capacity: int = 16) -> R
 def test_prioritized_sampling_draws_each_transition_in_proportion_to_its_priority():
     memory = filled([1.0, 2.0, 3.0, 4.0], alpha=1.0)
     rng = np.random.default_rng(0)
-    drawn = np.concatenate([memory.sample(32, rng).indices for _ in range(500)])
+    drawn = np.concatenate([memory.sample((32,), rng).indices for _ in range(500)])
     counts = np.bincount(drawn, minlength=4)
     expected = len(drawn) * np.array([0.1, 0.2, 0.3, 0.4])
     chi_square = float(((counts - expected) ** 2 / expected).sum())
     assert chi_square < 16.27  # the 0.999 quantile with 3 degrees of freedom: uniform draws give about 1,600
     # alpha 0 is uniform whatever the priorities
     uniform = filled([1.0, 2.0, 3.0, 4.0], alpha=0.0)
-    counts = np.bincount(np.concatenate([uniform.sample(32, rng).indices for _ in range(500)]), minlength=4)
+    counts = np.bincount(np.concatenate([uniform.sample((32,), rng).indices for _ in range(500)]), minlength=4)
     assert float(((counts - 4000) ** 2 / 4000).sum()) < 16.27
 
 
 def test_importance_weights_undo_the_skew_and_peak_at_one():
     memory = filled([1.0, 2.0, 3.0, 4.0], alpha=1.0)
-    sample = memory.sample(64, np.random.default_rng(1), beta=0.5)
+    sample = memory.sample((64,), np.random.default_rng(1), beta=0.5)
     assert set(sample.indices) == {0, 1, 2, 3}
     # w_i = (N P(i))^-beta / max_j w_j = (p_i / p_min)^-0.5, the rarest transition weighing 1
     by_index = dict(zip(sample.indices, sample.weights, strict=True))
     np.testing.assert_allclose([by_index[i] for i in range(4)], [1.0, 2 ** -0.5, 3 ** -0.5, 0.5], rtol=1e-6)
-    assert np.all(memory.sample(8, np.random.default_rng(1), beta=0.0).weights == 1.0)
+    assert np.all(memory.sample((8,), np.random.default_rng(1), beta=0.0).weights == 1.0)
 
 
 def test_priorities_follow_the_deque_as_its_oldest_transitions_drop_out():
@@ -94,7 +94,7 @@ def test_priorities_follow_the_deque_as_its_oldest_transitions_drop_out():
     assert [t.reward for t in memory.transitions] == [2.0, 3.0, 4.0, 5.0]
     np.testing.assert_allclose(memory.priorities[memory._slot(np.arange(4))], [0.001, 5.0, 5.0, 5.0])
     rng = np.random.default_rng(2)
-    rewards = [t.reward for _ in range(200) for t in memory.sample(16, rng).transitions]
+    rewards = [t.reward for _ in range(200) for t in memory.sample((16,), rng).transitions]
     counts = {reward: rewards.count(reward) / len(rewards) for reward in (2.0, 3.0, 4.0, 5.0)}
     assert counts[2.0] < 0.01 and all(abs(counts[r] - 1 / 3) < 0.05 for r in (3.0, 4.0, 5.0)), counts
 
