@@ -210,3 +210,17 @@ def test_a_saved_agent_loads_and_plays_without_unpickling_anything(monkeypatch):
     agent, description = load_agent(ROOT / "models" / "CartPole-v1.weights.h5")
     assert description["env_id"] == "CartPole-v1"
     assert agent.greedy_action(np.zeros(4, np.float32)) in (0, 1)
+
+
+def test_an_agent_saved_before_the_dqn_family_switches_still_loads_and_plays(tmp_path):
+    old = tmp_path / "old.weights.h5"
+    old.write_bytes((ROOT / "models" / "CartPole-v1.weights.h5").read_bytes())
+    with h5py.File(old, "a") as file:  # its description as agents were saved before these fields existed
+        description = json.loads(file.attrs["dqn_agent"])
+        for name in ("n_step", "prioritized_replay", "priority_alpha", "priority_beta_start", "priority_epsilon",
+                     "priority_updates", "dueling"):
+            del description["config"][name]
+        file.attrs["dqn_agent"] = json.dumps(description)
+    agent, _ = load_agent(old)
+    assert agent.config.n_step == 1 and not agent.config.dueling and not agent.config.prioritized_replay
+    assert agent.greedy_action(np.zeros(4, np.float32)) in (0, 1)
