@@ -48,8 +48,8 @@ The DQN family: three extensions, each a switch of `DQNConfig` and one marked li
 
         w_i = (N * P(i))^-beta / max_j w_j,      L = 1/B * sum_i w_i * (y_i - Q(s_i, a_i))^2,
 
-    with beta annealed from ``priority_beta_start`` to 1; after each step the sampled transitions get their
-    new |delta_i| as priority.
+    with beta annealed from ``priority_beta_start`` to 1; the sampled transitions get their new |delta_i| as
+    priority after the training phase (``priority_updates="phase"``) or after each step (``"step"``).
 
     Dueling networks (Wang et al., 2016), ``dueling``: the network's head splits into a state value and the
     actions' advantages, Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a') (`networks.DuelingHead`); the update
@@ -328,10 +328,10 @@ class DeepQLearning:
     def training_phase(self, num_steps: int, progress: float = 1.0) -> StepStats:
         """`num_steps` train steps in a row, each on a fresh minibatch; acting uses the new weights afterwards.
 
-        Uniform replay draws every minibatch of the phase at once and runs the phase in one compiled call.
-        Prioritized replay draws each minibatch after the previous step's priorities are in, as the paper does:
-        one compiled call per gradient step; with ``priority_updates="phase"`` it draws them all at once too,
-        and updates their priorities after the phase (priorities up to ``num_steps - 1`` steps old).
+        Every minibatch of the phase is drawn at once and the phase runs in one compiled call; prioritized replay
+        then updates the drawn transitions' priorities after it (priorities up to ``num_steps - 1`` steps old).
+        With ``priority_updates="step"`` it draws each minibatch after the previous step's priorities are in,
+        as the paper does: one compiled call per gradient step.
 
         :param num_steps: how many gradient steps (the config's `gradient_steps` in train.py).
         :param progress: the fraction of the run done, for prioritized replay's beta.

@@ -76,9 +76,9 @@ class DQNConfig:
                                         "[0, 1], annealed to 1 by the last")
     priority_epsilon: float = _param(1e-6, "prioritized replay: added to each absolute TD error, so that every "
                                      "transition can be drawn")
-    priority_updates: str = _param("step", "prioritized replay: step (each minibatch drawn after the previous "
-                                   "gradient step's priorities are in; exact) or phase (a training phase's "
-                                   "minibatches drawn at once, their priorities updated after it; one compiled call)")
+    priority_updates: str = _param("phase", "prioritized replay: phase (a training phase's minibatches drawn at "
+                                   "once, their priorities updated after it: one compiled call) or step (each "
+                                   "minibatch drawn after the previous gradient step's priorities are in: exact)")
     dueling: bool = _param(False, "dueling head: a value and an advantage stream, Q = V + A - mean(A) "
                            "(Wang et al., 2016)")
 

@@ -23,10 +23,11 @@ from bench.timed import machine, run_timed
 from common import atomic_write_text, run_cli
 
 VARIANTS = {
-    "DQN": [],
+    "DQN": ["--n-step", "1"],  # the CartPole-v1 preset's own n-step returns off
     "n-step (3)": ["--n-step", "3"],
-    "dueling": ["--dueling"],
-    "prioritized replay": ["--prioritized-replay"],
+    "dueling": ["--n-step", "1", "--dueling"],
+    "prioritized replay": ["--n-step", "1", "--prioritized-replay"],
+    "prioritized replay, updates per step": ["--n-step", "1", "--prioritized-replay", "--priority-updates", "step"],
     "all three": ["--n-step", "3", "--dueling", "--prioritized-replay"],
 }
 # steps per run, and learning_starts where the preset's would leave too little of the run

@@ -217,7 +217,8 @@ def test_an_n_step_target_bootstraps_with_gamma_to_the_k_and_importance_weights_
 
 
 def test_a_prioritized_training_phase_gives_the_sampled_transitions_their_new_priorities():
-    agent = small_agent(prioritized_replay=True, batch_size=4, priority_alpha=1.0, priority_epsilon=1e-6)
+    agent = small_agent(prioritized_replay=True, priority_updates="step", batch_size=4, priority_alpha=1.0,
+                        priority_epsilon=1e-6)
     rng = np.random.default_rng(4)
     for i in range(6):  # terminated transitions: each target is the reward itself
         agent.remember(rng.normal(size=3).astype(np.float32), i % 2, float(i), rng.normal(size=3).astype(np.float32),
