@@ -4,7 +4,8 @@
 one), so a run stopped by Ctrl-C, by a kill or by reaching its step budget continues with
 ``python train.py --resume STEM``. A checkpoint holds:
 
-- both networks' weights and the optimizer's variables (its step count and moment estimates);
+- both networks' weights, the optimizer's variables (its step count and moment estimates), and the states of
+  noisy networks' random generators;
 - the step, the training history (episodes, evaluations, best score so far), the run settings and the
   config, the agent's random generator, and the episode in progress with its environment, pickled
   (an environment that cannot be pickled, such as Box2D's, starts a new episode on resume instead);
@@ -77,7 +78,8 @@ def save_checkpoint(path: Path, agent: DeepQLearning, state: dict[str, Any], env
         file.attrs[STATE_ATTRIBUTE] = json.dumps(state)
         for name, arrays in (("main", agent.main_network.get_weights()),
                              ("target", agent.target_network.get_weights()),
-                             ("optimizer", [np.asarray(v) for v in agent.optimizer.variables])):
+                             ("optimizer", [np.asarray(v) for v in agent.optimizer.variables]),
+                             ("noise", [np.asarray(g.state) for g in agent.noise_generators])):
             group = file.create_group(name)
             for i, array in enumerate(arrays):
                 group.create_dataset(str(i), data=array)
@@ -151,6 +153,8 @@ def restore_checkpoint(path: Path, agent: DeepQLearning) -> Resumed:
             raise UserError(f"{path} holds an optimizer of another kind than its config's")
         for variable, value in zip(agent.optimizer.variables, optimizer_values, strict=True):
             variable.assign(value)
+        for generator, value in zip(agent.noise_generators, arrays("noise") if "noise" in file else [], strict=True):
+            generator.state.assign(value)
         if "replay_buffer" in file:
             agent.memory.restore_arrays({name: dataset[()] for name, dataset in file["replay_buffer"].items()})
         episode = pickle.loads(file["episode"][()].tobytes()) if "episode" in file else (None, None)

@@ -55,9 +55,30 @@ The DQN family: three extensions, each a switch of `DQNConfig` and one marked li
     actions' advantages, Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a') (`networks.DuelingHead`); the update
     does not change.
 
+The DQN family, part 2: noisy networks, C51, and Rainbow
+    Noisy networks (Fortunato et al., 2018), ``noisy_nets``: the last two layers' weights are w = mu + sigma * eps
+    with learned mu and sigma and factorised Gaussian noise eps drawn afresh for every forward pass in training
+    and for every action (`networks.NoisyDense`). The agent explores by acting greedily on a noisy draw, so
+    epsilon goes to 0; greedy evaluation acts on the mean weights mu. The update does not change: each forward
+    pass of `train_step` has its own noise.
+
+    Distributional C51 (Bellemare et al., 2017), ``distributional``: the network outputs, for each action, a
+    categorical distribution p(s, a) over N fixed returns z_0 < ... < z_{N-1} (the support, v_min to v_max), and
+    Q(s, a) = sum_j z_j p_j(s, a). The target is a distribution too: the target network's p(s', a') moved to
+    R + gamma^k (1 - terminated) z_j and projected back onto the atoms (`project_distribution`), and the loss is
+    the taken action's cross-entropy, the masked loss's distributional form:
+
+        L = 1/B * sum_i w_i * ( - sum_j m_ij log p_j(s_i, a_i) ),   m_i = Phi(R_i + gamma^k z, p(s'_i, a'_i))
+
+    which is also the new priority of a transition under prioritized replay (as Rainbow does).
+
+    Rainbow (Hessel et al., 2018) is all six at once: Double DQN, dueling, n-step, prioritized replay, noisy
+    networks and C51 (``python train.py --agent rainbow``, `presets/rainbow/`).
+
 How this file reads
     `DeepQLearning` has one method per step of the algorithm, in the order they happen:
-    `act` (epsilon-greedy), `remember`, `sample`, `train_step` (the update, on one screen),
+    `act` (epsilon-greedy), `remember`, `sample`, `train_step` (the update, on one screen, with its target
+    in one named method per kind: `td_target` for a number, `target_distribution` for C51),
     `update_target_network`. The replay memory is a room of its own, `replay_memory.ReplayMemory`, whose
     `collections.deque` of transitions is `replay_buffer` here. The networks are defined once, in
     `networks.py`. The loop that calls these methods, with evaluation and saving, is `run_training` in
@@ -76,6 +97,8 @@ References
     - R. S. Sutton, "Learning to predict by the methods of temporal differences", Machine Learning 3, 1988.
     - T. Schaul, J. Quan, I. Antonoglou, D. Silver, "Prioritized Experience Replay", ICLR 2016.
     - Z. Wang et al., "Dueling Network Architectures for Deep Reinforcement Learning", ICML 2016.
+    - M. Fortunato et al., "Noisy Networks for Exploration", ICLR 2018.
+    - M. G. Bellemare, W. Dabney, R. Munos, "A Distributional Perspective on Reinforcement Learning", ICML 2017.
     - M. Hessel et al., "Rainbow: Combining Improvements in Deep Reinforcement Learning", AAAI 2018.
     - A. Raffin et al., RL Baselines3 Zoo: the tuned hyperparameters the presets start from.
 """
@@ -96,7 +119,7 @@ import tensorflow as tf
 from keras import ops
 
 from dqn_config import DQNConfig
-from networks import NumpyForward, build_q_network
+from networks import NumpyForward, build_q_network, noise_generators
 from replay_memory import ReplayMemory, Transition
 
 
@@ -140,7 +163,69 @@ def masked_huber_loss(td_targets: tf.Tensor, q_values: tf.Tensor, action_mask: t
     return ops.sum(huber) / ops.cast(ops.shape(q_values)[0], q_values.dtype)
 
 
-LOSS_FUNCTIONS = {"mse": masked_mse_loss, "huber": masked_huber_loss}
+def taken_action_cross_entropy(target_probabilities: tf.Tensor, logits: tf.Tensor, action_mask: tf.Tensor) -> tf.Tensor:
+    """Each transition's cross-entropy between the target distribution and the taken action's predicted one,
+
+        H_i = - sum_j m_ij log p_j(s_i, a_i),   p(s, a) = softmax over the atoms of the logits of a
+
+    (C51's loss term, and its new priority under prioritized replay, as in Rainbow).
+
+    :param target_probabilities: the projected target distributions m, shape (B, N).
+    :param logits: the main network's logits for every action, shape (B, A, N).
+    :param action_mask: one-hot of the taken actions, shape (B, A): the other actions' distributions add nothing.
+    :return: shape (B,).
+    """
+    log_probabilities = ops.sum(ops.log_softmax(logits, axis=-1) * action_mask[:, :, None], axis=1)
+    return -ops.sum(target_probabilities * log_probabilities, axis=-1)
+
+
+def masked_cross_entropy_loss(target_probabilities: tf.Tensor, logits: tf.Tensor, action_mask: tf.Tensor,
+                              weights: tf.Tensor | None = None) -> tf.Tensor:
+    """The mean over the batch of the taken actions' cross-entropies (`taken_action_cross_entropy`), each
+    transition's term weighted: the masked loss of a distributional agent.
+
+    :param target_probabilities: the projected target distributions, shape (B, N).
+    :param logits: the main network's logits, shape (B, A, N).
+    :param action_mask: one-hot of the taken actions, shape (B, A).
+    :param weights: each transition's weight, shape (B,) (default: 1 for every transition).
+    :return: the scalar loss.
+    """
+    cross_entropies = taken_action_cross_entropy(target_probabilities, logits, action_mask)
+    if weights is not None:
+        cross_entropies = cross_entropies * weights
+    return ops.mean(cross_entropies)
+
+
+def project_distribution(rewards: tf.Tensor, discounts: tf.Tensor, probabilities: tf.Tensor,
+                         support: tf.Tensor) -> tf.Tensor:
+    """C51's projection (Bellemare et al., 2017, Algorithm 1): the distribution of R + discount * Z, where Z puts
+    probability p_j on atom z_j, put back onto the atoms z_0 < ... < z_{N-1} (spaced dz apart).
+
+    Each shifted atom T z_j = R + discount * z_j is clipped into [z_0, z_{N-1}]; it falls at fractional position
+    b_j = (T z_j - z_0) / dz, between the atoms l = floor(b_j) and u = ceil(b_j), and its probability p_j is split
+    between those two in proportion to nearness: l gets p_j * (u - b_j), u gets p_j * (b_j - l). Written for all
+    atoms at once, atom i receives
+
+        m_i = sum_j p_j * max(0, 1 - |b_j - i|)
+
+    (the same split, and when b_j lands exactly on an atom that atom gets all of p_j). A terminal transition has
+    discount 0: all its probability lands on the atoms beside R.
+
+    :param rewards: the (n-step) returns R, shape (B,).
+    :param discounts: gamma^k * (1 - terminated), shape (B,).
+    :param probabilities: the next state's distribution p over the atoms, shape (B, N).
+    :param support: the atoms z, shape (N,), evenly spaced.
+    :return: the projected distribution m, shape (B, N); each row sums to 1.
+    """
+    num_atoms = support.shape[0]
+    spacing = (support[-1] - support[0]) / (num_atoms - 1)
+    shifted = ops.clip(rewards[:, None] + discounts[:, None] * support[None, :], support[0], support[-1])
+    positions = (shifted - support[0]) / spacing  # b_j, shape (B, N)
+    nearness = ops.relu(1.0 - ops.abs(positions[:, :, None] - ops.arange(num_atoms, dtype=positions.dtype)))
+    return ops.sum(probabilities[:, :, None] * nearness, axis=1)  # sum over j: (B, N) onto atoms i
+
+
+LOSS_FUNCTIONS = {"mse": masked_mse_loss, "huber": masked_huber_loss, "cross_entropy": masked_cross_entropy_loss}
 
 
 class Batch(NamedTuple):
@@ -190,6 +275,9 @@ class DeepQLearning:
         self.target_network.set_weights(self.main_network.get_weights())
         self.optimizer = self._build_optimizer()
         self.loss_function = LOSS_FUNCTIONS[self.config.loss]
+        # C51's atoms z_0 .. z_{N-1}: the returns a distributional network puts its probabilities on
+        self.support = np.linspace(self.config.v_min, self.config.v_max, self.config.num_atoms, dtype=np.float32) \
+            if self.config.distributional else None
         self.memory = ReplayMemory(self.config.buffer_size, self.config.n_step, self.config.gamma,
                                    self.config.prioritized_replay, self.config.priority_alpha,
                                    self.config.priority_epsilon)
@@ -198,6 +286,11 @@ class DeepQLearning:
         self._training_phase = self._compile_training_phase()
         self._train_step = self._compile_train_step() if self.config.prioritized_replay and \
             self.config.priority_updates == "step" else None
+
+    @property
+    def noise_generators(self) -> list[keras.random.SeedGenerator]:
+        """The random generators of both networks' noisy layers (none without noisy networks)."""
+        return noise_generators(self.main_network) + noise_generators(self.target_network)
 
     def _build_optimizer(self) -> keras.optimizers.Optimizer:
         """Adam, or RMSprop as in the Nature paper (decay 0.95, centred, `rmsprop_epsilon` under the square root);
@@ -208,11 +301,31 @@ class DeepQLearning:
         return keras.optimizers.Adam(self.config.learning_rate, global_clipnorm=self.config.max_grad_norm)
 
     # ---------------------------------------------------------------------------------- acting
-    def q_values(self, states: np.ndarray) -> np.ndarray:
+    def q_values(self, states: np.ndarray, noisy: bool = False) -> np.ndarray:
         """Q(s, .; theta) of a batch of states, shape (B, num_actions): the main network's function, computed
         by `networks.NumpyForward` for an MLP and by one compiled call for a CNN (both always in step with
-        the network's weights)."""
-        return self._forward(states)
+        the network's weights). A distributional network's Q is its distribution's mean, sum_j z_j p_j(s, a).
+
+        :param noisy: noisy networks draw fresh noise, as when exploring (default: the mean weights, as greedy
+            evaluation uses; without noisy layers the two are the same).
+        """
+        outputs = self._forward(states, self.rng if noisy and self.config.noisy_nets else None)
+        if self.config.distributional:
+            probabilities = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+            return (probabilities / probabilities.sum(axis=-1, keepdims=True)) @ self.support
+        return outputs
+
+    def distribution_entropy(self, states: np.ndarray) -> float:
+        """A distributional agent's mean entropy, -sum_j p_j log p_j, of the greedy action's predicted return
+        distribution over a batch of states: log(num_atoms) when flat, 0 when sure (for the logs).
+
+        :param states: a batch of observations.
+        """
+        logits = self._forward(states, None)
+        probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        greedy = probabilities[np.arange(len(states)), np.argmax(probabilities @ self.support, axis=1)]
+        return float(-(greedy * np.log(np.maximum(greedy, 1e-12))).sum(axis=-1).mean())
 
     def epsilon(self, step: int) -> float:
         """The exploration rate at environment step `step`: linear from epsilon_start to epsilon_end.
@@ -224,22 +337,24 @@ class DeepQLearning:
         progress = min(1.0, step / self.config.epsilon_decay_steps) if self.config.epsilon_decay_steps else 1.0
         return self.config.epsilon_start + progress * (self.config.epsilon_end - self.config.epsilon_start)
 
-    def greedy_action(self, state: np.ndarray) -> int:
+    def greedy_action(self, state: np.ndarray, noisy: bool = False) -> int:
         """argmax_a Q(s, a; theta).
 
         :param state: one observation.
+        :param noisy: act on a fresh draw of a noisy network's weights (default: on its mean weights).
         """
-        return int(np.argmax(self.q_values(np.asarray(state)[None])[0]))
+        return int(np.argmax(self.q_values(np.asarray(state)[None], noisy)[0]))
 
     def act(self, state: np.ndarray, epsilon: float) -> int:
-        """Epsilon-greedy: a uniformly random action with probability epsilon, else the greedy one.
+        """Epsilon-greedy: a uniformly random action with probability epsilon, else the greedy one (for noisy
+        networks, greedy under a fresh draw of the noise: how they explore).
 
         :param state: one observation.
         :param epsilon: the exploration rate, in [0, 1]; see `epsilon`.
         """
         if self.rng.random() < epsilon:
             return int(self.rng.integers(self.num_actions))
-        return self.greedy_action(state)
+        return self.greedy_action(state, noisy=True)
 
     # ---------------------------------------------------------------------------- experience
     @property
@@ -297,33 +412,70 @@ class DeepQLearning:
     # -------------------------------------------------------------------------------- learning
     def train_step(self, batch: Batch) -> tuple[StepStats, tf.Tensor]:
         """One gradient step of DQN on one minibatch from `sample`; returns the loss before the step (and the
-        batch's mean max Q-value, for the logs), and each transition's TD error y - Q(s, a) (its new priority).
+        batch's mean max Q-value, for the logs), and each transition's new priority under prioritized replay: its
+        TD error y - Q(s, a), or for C51 its cross-entropy.
 
         Runs inside the compiled `training_phase`; on its own (eagerly) it changes the main network's
         variables without refreshing acting's copy of them, so call `training_phase` to train.
         """
-        # 1. TD target y = R + gamma^k * (1 - terminated) * Q(s', a'; theta^-), held fixed: no gradient flows into it
-        next_q_target = self.target_network(batch.next_states)
-        if self.config.double_dqn:  # Double DQN: the main network chooses a', the target network values it
-            next_actions = ops.argmax(self.main_network(batch.next_states), axis=1)
-        else:  # DQN: a' = argmax_a' Q(s', a'; theta^-), so the value is the max
-            next_actions = ops.argmax(next_q_target, axis=1)
-        next_values = ops.take_along_axis(next_q_target, next_actions[:, None], axis=1)[:, 0]
-        discounts = self.config.gamma ** batch.steps  # n-step returns: gamma^k, k = n or fewer (k = 1: DQN)
-        td_targets = ops.stop_gradient(batch.rewards + discounts * (1.0 - batch.terminated) * next_values)
+        # 1. the target, held fixed: no gradient flows into it
+        if self.config.distributional:  # C51: the distribution of R + gamma^k Z(s', a'), projected onto the atoms
+            targets = ops.stop_gradient(self.target_distribution(batch))
+        else:  # DQN: the number y = R + gamma^k (1 - terminated) Q(s', a'; theta^-)
+            targets = ops.stop_gradient(self.td_target(batch))
 
-        # 2. the masked loss: the TD error of the taken action a only, weighted by prioritized replay's
-        #    importance weights (all 1 for uniform replay)
+        # 2. the masked loss: the taken action a's term only, weighted by prioritized replay's importance weights
+        #    (all 1 for uniform replay); noisy networks draw fresh noise in each call with training=True
         action_mask = ops.one_hot(batch.actions, self.num_actions)
         with tf.GradientTape() as tape:
-            q_values = self.main_network(batch.states, training=True)
-            loss = self.loss_function(td_targets, q_values, action_mask, batch.weights)
+            outputs = self.main_network(batch.states, training=True)
+            loss = self.loss_function(targets, outputs, action_mask, batch.weights)
 
         # 3. the gradient step on theta (the main network only)
         variables = self.main_network.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
-        td_errors = td_targets - ops.sum(q_values * action_mask, axis=1)  # prioritized replay's new |delta|
-        return StepStats(loss, ops.mean(ops.max(q_values, axis=1))), td_errors
+        q_values = self.expected_q(outputs)
+        if self.config.distributional:
+            new_priorities = taken_action_cross_entropy(targets, outputs, action_mask)
+        else:
+            new_priorities = targets - ops.sum(q_values * action_mask, axis=1)
+        return StepStats(loss, ops.mean(ops.max(q_values, axis=1))), new_priorities
+
+    def td_target(self, batch: Batch) -> tf.Tensor:
+        """DQN's target y = R + gamma^k * (1 - terminated) * Q(s', a'; theta^-), shape (B,): the target network
+        values s' at the action a' of `next_actions` (n-step returns: R sums k rewards, k = n or fewer)."""
+        next_q_target = self.target_network(batch.next_states, training=True)
+        next_actions = self.next_actions(batch.next_states, next_q_target)
+        next_values = ops.take_along_axis(next_q_target, next_actions[:, None], axis=1)[:, 0]
+        return batch.rewards + self.bootstrap_discounts(batch) * next_values
+
+    def target_distribution(self, batch: Batch) -> tf.Tensor:
+        """C51's target, shape (B, N): the target network's distribution of the return at (s', a'), a' from
+        `next_actions` on its mean, moved to R + gamma^k (1 - terminated) z and projected back onto the atoms
+        (`project_distribution`)."""
+        next_probabilities = ops.softmax(self.target_network(batch.next_states, training=True), axis=-1)
+        next_actions = self.next_actions(batch.next_states, ops.sum(next_probabilities * self.support, axis=-1))
+        next_distribution = ops.take_along_axis(next_probabilities, next_actions[:, None, None], axis=1)[:, 0]
+        return project_distribution(batch.rewards, self.bootstrap_discounts(batch), next_distribution, self.support)
+
+    def next_actions(self, next_states: tf.Tensor, next_q_target: tf.Tensor) -> tf.Tensor:
+        """a' at s': argmax_a' Q(s', a'; theta^-) for DQN; for Double DQN the main network chooses it,
+        argmax_a' Q(s', a'; theta), and the target network values it."""
+        if self.config.double_dqn:
+            return ops.argmax(self.expected_q(self.main_network(next_states, training=True)), axis=1)
+        return ops.argmax(next_q_target, axis=1)
+
+    def bootstrap_discounts(self, batch: Batch) -> tf.Tensor:
+        """gamma^k * (1 - terminated): how much of s' the target keeps. k is 1 for DQN, n or fewer with n-step
+        returns; a termination stops the bootstrap, a time-limit truncation does not."""
+        return self.config.gamma ** batch.steps * (1.0 - batch.terminated)
+
+    def expected_q(self, outputs: tf.Tensor) -> tf.Tensor:
+        """Q-values from the network's outputs: the outputs themselves, or for C51 each action's mean return
+        sum_j z_j p_j(s, a)."""
+        if self.config.distributional:
+            return ops.sum(ops.softmax(outputs, axis=-1) * self.support, axis=-1)
+        return outputs
 
     def training_phase(self, num_steps: int, progress: float = 1.0) -> StepStats:
         """`num_steps` train steps in a row, each on a fresh minibatch; acting uses the new weights afterwards.
@@ -392,9 +544,6 @@ class DeepQLearning:
         concrete function with tensors skips `tf.function`'s argument matching on every call.
         """
         hand_back_weights = isinstance(self._forward, NumpyForward)
-        # XLA on this CPU compiles convolutions into slow code: a Pong gradient step took 1,130 ms with it and
-        # 95 ms without; for the MLP it is the faster of the two
-        use_xla = self.config.network_for(self.observation_shape) == "mlp"
 
         def phase(batches: Batch) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, list[tf.Tensor]]:
             num_steps = tf.shape(batches.actions)[0]
@@ -408,27 +557,35 @@ class DeepQLearning:
             weights = [tf.identity(weight) for weight in self.main_network.weights] if hand_back_weights else []
             return tf.reduce_mean(losses.stack()), tf.reduce_mean(max_qs.stack()), td_errors.stack(), weights
 
-        steps_and_batch = [None, self.config.batch_size]
-        observations = tf.TensorSpec([*steps_and_batch, *self.observation_shape], tf.as_dtype(self.observation_dtype))
-        column = tf.TensorSpec(steps_and_batch, tf.float32)
-        return tf.function(phase, jit_compile=use_xla).get_concrete_function(
-            Batch(states=observations, actions=tf.TensorSpec(steps_and_batch, tf.int32), rewards=column,
-                  next_states=observations, terminated=column, steps=column, weights=column))
+        return tf.function(phase, jit_compile=self._use_xla).get_concrete_function(
+            self._batch_spec([None, self.config.batch_size]))
 
     def _compile_train_step(self) -> tf.types.experimental.ConcreteFunction:
         """`train_step` on one minibatch as one compiled call, for prioritized replay, which draws each minibatch
         only once the previous step's priorities are in (no loop, and no weights handed back: acting reads them
         once, after the phase)."""
-        use_xla = self.config.network_for(self.observation_shape) == "mlp"  # as in `_compile_training_phase`
-        batch = [self.config.batch_size]
-        column = tf.TensorSpec(batch, tf.float32)
-        observations = tf.TensorSpec([*batch, *self.observation_shape], tf.as_dtype(self.observation_dtype))
-        return tf.function(self.train_step, jit_compile=use_xla).get_concrete_function(
-            Batch(states=observations, actions=tf.TensorSpec(batch, tf.int32), rewards=column,
-                  next_states=observations, terminated=column, steps=column, weights=column))
+        return tf.function(self.train_step, jit_compile=self._use_xla).get_concrete_function(
+            self._batch_spec([self.config.batch_size]))
 
-    def _compile_forward(self) -> Callable[[np.ndarray], np.ndarray]:
-        """Q(s, .) of a batch of images in one compiled call, which reads the network's current variables."""
-        forward = tf.function(lambda states: self.main_network(states)).get_concrete_function(
-            tf.TensorSpec([None, *self.observation_shape], tf.uint8))
-        return lambda states: forward(tf.constant(states, tf.uint8)).numpy()
+    @property
+    def _use_xla(self) -> bool:
+        """Whether the compiled update goes through XLA: on this CPU XLA compiles convolutions into slow code (a
+        Pong gradient step took 1,130 ms with it and 95 ms without); for the MLP it is the faster of the two."""
+        return self.config.network_for(self.observation_shape) == "mlp"
+
+    def _batch_spec(self, leading: list[int | None]) -> Batch:
+        """The `Batch` of tensor specs a compiled update takes: each field's `leading` axes (a minibatch, or a
+        stack of them), then an observation's shape for the states."""
+        observations = tf.TensorSpec([*leading, *self.observation_shape], tf.as_dtype(self.observation_dtype))
+        column = tf.TensorSpec(leading, tf.float32)
+        return Batch(states=observations, actions=tf.TensorSpec(leading, tf.int32), rewards=column,
+                     next_states=observations, terminated=column, steps=column, weights=column)
+
+    def _compile_forward(self) -> Callable[[np.ndarray, np.random.Generator | None], np.ndarray]:
+        """The network's output for a batch of images in one compiled call, which reads the network's current
+        variables: with noise (a noisy network's own generator draws it) when given a generator, as
+        `NumpyForward` is, else on the mean weights."""
+        spec = tf.TensorSpec([None, *self.observation_shape], tf.uint8)
+        forward = {noisy: tf.function(lambda states, noisy=noisy: self.main_network(states, training=noisy))
+                   .get_concrete_function(spec) for noisy in (False, True)}
+        return lambda states, rng: forward[rng is not None](tf.constant(states, tf.uint8)).numpy()

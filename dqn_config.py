@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSSES = ("mse", "huber")
+LOSSES = ("mse", "huber", "cross_entropy")
 OPTIMIZERS = ("adam", "rmsprop")
 NETWORKS = ("auto", "mlp", "nature_cnn", "minatar_cnn")
 PRIORITY_UPDATES = ("step", "phase")
@@ -81,13 +81,23 @@ class DQNConfig:
                                    "minibatch drawn after the previous gradient step's priorities are in: exact)")
     dueling: bool = _param(False, "dueling head: a value and an advantage stream, Q = V + A - mean(A) "
                            "(Wang et al., 2016)")
+    noisy_nets: bool = _param(False, "noisy networks: the last two layers' weights carry learned noise that explores "
+                              "(Fortunato et al., 2018); given on the command line, epsilon defaults to 0")
+    noisy_sigma: float = _param(0.5, "noisy networks: the noise's initial scale sigma_0")
+    distributional: bool = _param(False, "distributional C51: learn a categorical distribution of the return over "
+                                  "num_atoms atoms, by cross-entropy (Bellemare et al., 2017); given on the "
+                                  "command line, the loss defaults to cross_entropy")
+    num_atoms: int = _param(51, "distributional: atoms of the support, evenly spaced from v_min to v_max")
+    v_min: float = _param(-10.0, "distributional: the smallest return the support holds")
+    v_max: float = _param(10.0, "distributional: the largest return the support holds")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         if not self.hidden_sizes or any(units <= 0 for units in self.hidden_sizes):
             raise ConfigError("hidden_sizes", f"must be one or more positive sizes, got {list(self.hidden_sizes)}")
         for name in ("learning_rate", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
-                     "target_update_interval", "max_grad_norm", "rmsprop_epsilon", "n_step", "priority_epsilon"):
+                     "target_update_interval", "max_grad_norm", "rmsprop_epsilon", "n_step", "priority_epsilon",
+                     "noisy_sigma"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         for name in ("learning_starts", "epsilon_decay_steps"):
@@ -102,6 +112,15 @@ class DQNConfig:
             raise ConfigError("n_step", f"({self.n_step}) must not exceed buffer_size ({self.buffer_size})")
         if self.batch_size > self.buffer_size:
             raise ConfigError("batch_size", f"({self.batch_size}) must not exceed buffer_size ({self.buffer_size})")
+        if self.num_atoms < 2:
+            raise ConfigError("num_atoms", f"must be at least 2 (a distribution over one return is DQN), got "
+                              f"{self.num_atoms}")
+        if not self.v_min < self.v_max:
+            raise ConfigError("v_min", f"({self.v_min}) must be below v_max ({self.v_max})")
+        if self.distributional != (self.loss == "cross_entropy"):
+            raise ConfigError("loss", "must be cross_entropy for a distributional agent (a distribution is not "
+                              f"regressed), got {self.loss!r}" if self.distributional else
+                              "cross_entropy needs distributional (it compares distributions, not Q-values)")
         for name, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("network", NETWORKS),
                               ("priority_updates", PRIORITY_UPDATES)):
             if getattr(self, name) not in choices:
@@ -147,3 +166,19 @@ class DQNConfig:
     def docs() -> dict[str, str]:
         """One-line doc of each field, by field name."""
         return {f.name: f.metadata["doc"] for f in dataclasses.fields(DQNConfig)}
+
+
+def implied_by_switches(given: dict[str, Any]) -> dict[str, Any]:
+    """The values that a switch given on the command line brings with it, unless they are given too: C51 learns by
+    cross-entropy (and turning it off goes back to the default loss), and noisy networks explore by their noise,
+    so epsilon is 0 for them.
+
+    :param given: the `DQNConfig` fields given on the command line.
+    :return: fields to put under `given` (and over a preset's).
+    """
+    implied: dict[str, Any] = {}
+    if "distributional" in given and "loss" not in given:
+        implied["loss"] = "cross_entropy" if given["distributional"] else DQNConfig.loss
+    if given.get("noisy_nets") and not {"epsilon_start", "epsilon_end"} & given.keys():
+        implied.update(epsilon_start=0.0, epsilon_end=0.0)
+    return implied

@@ -40,6 +40,67 @@ class QNetwork(keras.Sequential):
         self.weights_version += 1
 
 
+def scaled_noise(noise: keras.KerasTensor) -> keras.KerasTensor:
+    """f(x) = sgn(x) * sqrt(|x|), the shaping of factorised noise (Fortunato et al., 2018, eq. 10)."""
+    return keras.ops.sign(noise) * keras.ops.sqrt(keras.ops.abs(noise))
+
+
+@keras.saving.register_keras_serializable(package="dqn")
+class NoisyDense(keras.layers.Layer):
+    """A dense layer whose weights carry learned, factorised Gaussian noise (Fortunato et al., 2018):
+
+        y = (mu_W + sigma_W * f(eps_out) f(eps_in)^T) x + mu_b + sigma_b * f(eps_out),   eps ~ N(0, 1)
+
+    with fresh noise eps_in (one per input) and eps_out (one per unit) at each call in training, the same for the
+    whole batch. Outside training (``training`` not true) it is the dense layer of the mean weights mu: greedy
+    evaluation acts on the mean network. mu starts uniform in +-1/sqrt(inputs) and sigma at sigma_0/sqrt(inputs).
+
+    :param units: outputs.
+    :param activation: a Keras activation name (default: linear).
+    :param sigma_0: the noise's initial scale, 0.5 in the paper.
+    :param seed: the seed of the noise (default: drawn from Keras's global seed, `keras.utils.set_random_seed`).
+    """
+
+    def __init__(self, units: int, activation: str | None = None, sigma_0: float = 0.5, seed: int | None = None,
+                 **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.units, self.sigma_0 = units, sigma_0
+        self.activation = keras.activations.get(activation)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        inputs = input_shape[-1]
+        mean = keras.initializers.RandomUniform(-1.0 / np.sqrt(inputs), 1.0 / np.sqrt(inputs))
+        sigma = keras.initializers.Constant(self.sigma_0 / np.sqrt(inputs))
+        self.kernel_mean = self.add_weight(shape=(inputs, self.units), initializer=mean, name="kernel_mean")
+        self.kernel_sigma = self.add_weight(shape=(inputs, self.units), initializer=sigma, name="kernel_sigma")
+        self.bias_mean = self.add_weight(shape=(self.units,), initializer=mean, name="bias_mean")
+        self.bias_sigma = self.add_weight(shape=(self.units,), initializer=sigma, name="bias_sigma")
+
+    def call(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
+        outputs = keras.ops.matmul(inputs, self.kernel_mean) + self.bias_mean
+        if training:  # W x with W's factorised noise is ((x * f(eps_in)) sigma_W) * f(eps_out): no matrix of noise
+            noise_in = scaled_noise(keras.random.normal((self.kernel_mean.shape[0],), seed=self.seed_generator))
+            noise_out = scaled_noise(keras.random.normal((self.units,), seed=self.seed_generator))
+            outputs = outputs + keras.ops.matmul(inputs * noise_in, self.kernel_sigma) * noise_out \
+                + self.bias_sigma * noise_out
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units, "sigma_0": self.sigma_0,
+                "activation": keras.activations.serialize(self.activation)}
+
+
+def dense_layer(units: int, activation: str | None, config: DQNConfig) -> keras.layers.Layer:
+    """A `NoisyDense` layer with `config.noisy_nets`, else a plain `keras.layers.Dense`."""
+    if config.noisy_nets:
+        return NoisyDense(units, activation, config.noisy_sigma)
+    return keras.layers.Dense(units, activation=activation)
+
+
 @keras.saving.register_keras_serializable(package="dqn")
 class DuelingHead(keras.layers.Layer):
     """The dueling architecture's head (Wang et al., 2016): from the torso's features, a state value V(s) and the
@@ -50,30 +111,40 @@ class DuelingHead(keras.layers.Layer):
     (subtracting the mean makes V and A identifiable: the advantages of a state average to zero). Both streams are
     linear layers on the network's last hidden layer, which they share, so a dueling network costs what DQN's
     does; the paper gives each stream a hidden layer of its own, which doubled the head's cost here (see the
-    README's DQN-family speed table).
+    README's DQN-family speed table). For a distributional network the same combination is made atom by atom on
+    the logits, as Rainbow does: V(s) has one logit per atom, A(s, a) one per action and atom.
 
-    :param num_actions: outputs, one Q-value per action.
+    :param num_actions: outputs, one Q-value (or one row of logits) per action.
+    :param num_atoms: 1 for Q-values, else the atoms of each action's distribution (output (B, A, num_atoms)).
+    :param noisy: `NoisyDense` streams, with this sigma_0 (None: plain Dense streams).
     """
 
-    def __init__(self, num_actions: int, **kwargs: object) -> None:
+    def __init__(self, num_actions: int, num_atoms: int = 1, noisy: float | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.num_actions = num_actions
-        self.value = keras.layers.Dense(1, name="value")
-        self.advantage = keras.layers.Dense(num_actions, name="advantage")
+        self.num_actions, self.num_atoms, self.noisy = num_actions, num_atoms, noisy
+        def stream(units: int, name: str) -> keras.layers.Layer:
+            return keras.layers.Dense(units, name=name) if noisy is None else NoisyDense(units, None, noisy, name=name)
+        self.value = stream(num_atoms, "value")
+        self.advantage = stream(num_actions * num_atoms, "advantage")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.value.build(input_shape)
         self.advantage.build(input_shape)
 
-    def call(self, features: keras.KerasTensor) -> keras.KerasTensor:
-        value, advantage = self.value(features), self.advantage(features)
-        return value + advantage - keras.ops.mean(advantage, axis=-1, keepdims=True)
+    def call(self, features: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
+        value, advantage = self.value(features, training=training), self.advantage(features, training=training)
+        if self.num_atoms > 1:
+            value = keras.ops.reshape(value, (-1, 1, self.num_atoms))
+            advantage = keras.ops.reshape(advantage, (-1, self.num_actions, self.num_atoms))
+        return value + advantage - keras.ops.mean(advantage, axis=-1 if self.num_atoms == 1 else 1, keepdims=True)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (*input_shape[:-1], self.num_actions)
+        atoms = () if self.num_atoms == 1 else (self.num_atoms,)
+        return (*input_shape[:-1], self.num_actions, *atoms)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "num_actions": self.num_actions}
+        return {**super().get_config(), "num_actions": self.num_actions, "num_atoms": self.num_atoms,
+                "noisy": self.noisy}
 
 
 def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config: DQNConfig, name: str) -> QNetwork:
@@ -87,14 +158,16 @@ def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config
       Tian, 2019).
 
     With `config.dueling` the output layer becomes a `DuelingHead`: a value and an advantage stream on the last
-    hidden layer.
+    hidden layer. With `config.noisy_nets` the last hidden layer and the output layer are `NoisyDense`. With
+    `config.distributional` the network outputs, instead of Q-values, the logits of a categorical distribution
+    over `config.num_atoms` returns for each action, shape (B, A, num_atoms) (C51; Q is that distribution's mean).
 
     Images come in as uint8 pixels (stored that way in the replay buffer) and are scaled to [0, 1] by
     the network's first layer.
 
     :param observation_shape: the shape of one observation: ``(size,)`` or ``(height, width, channels)``.
     :param num_actions: outputs, one Q-value per action.
-    :param config: the hyperparameters (`network`, `hidden_sizes`, `dueling`).
+    :param config: the hyperparameters (`network`, `hidden_sizes`, `dueling`, `noisy_nets`, `distributional`).
     :param name: the Keras model's name ("main" or "target").
     """
     architecture = config.network_for(observation_shape)
@@ -113,32 +186,79 @@ def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config
             layers.append(keras.layers.Conv2D(16, 3, strides=1, activation="relu"))
             last = 128
         layers.append(keras.layers.Flatten())
-    layers.append(keras.layers.Dense(last, activation="relu"))
-    layers.append(DuelingHead(num_actions) if config.dueling else keras.layers.Dense(num_actions, activation="linear"))
+    layers.append(dense_layer(last, "relu", config))
+    atoms = config.num_atoms if config.distributional else 1
+    if config.dueling:
+        layers.append(DuelingHead(num_actions, atoms, config.noisy_sigma if config.noisy_nets else None))
+    else:
+        layers.append(dense_layer(num_actions * atoms, "linear", config))
+        if config.distributional:
+            layers.append(keras.layers.Reshape((num_actions, atoms)))
     return QNetwork(layers, name=name)
 
 
-def _dense(activation: str) -> Callable[[np.ndarray, list[np.ndarray]], np.ndarray]:
+def noise_generators(network: keras.Model) -> list[keras.random.SeedGenerator]:
+    """The random generators of a network's `NoisyDense` layers (a checkpoint keeps their states)."""
+    layers = [stream for layer in network.layers
+              for stream in ((layer.value, layer.advantage) if isinstance(layer, DuelingHead) else (layer,))]
+    return [layer.seed_generator for layer in layers if isinstance(layer, NoisyDense)]
+
+
+NumpyLayer = Callable[[np.ndarray, list[np.ndarray], np.random.Generator | None], np.ndarray]
+
+
+def _dense(activation: str) -> NumpyLayer:
     function = NUMPY_ACTIVATIONS[activation]
-    return lambda x, weights: function(x @ weights[0] + weights[1])
+    return lambda x, weights, _: function(x @ weights[0] + weights[1])
 
 
-def _dueling(x: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+def _noisy_dense(activation: str) -> NumpyLayer:
+    """`NoisyDense.call` in NumPy, its weights in `get_weights` order (kernel and bias, mean and sigma); noise is
+    drawn from `rng` when one is given, as in training, else the mean weights act."""
+    function = NUMPY_ACTIVATIONS[activation]
+
+    def noisy_dense(x: np.ndarray, weights: list[np.ndarray], rng: np.random.Generator | None) -> np.ndarray:
+        kernel_mean, kernel_sigma, bias_mean, bias_sigma = weights
+        outputs = x @ kernel_mean + bias_mean
+        if rng is not None:
+            noise_in, noise_out = (np.sign(e) * np.sqrt(np.abs(e)) for e in
+                                   (rng.standard_normal(len(kernel_mean), np.float32),
+                                    rng.standard_normal(len(bias_mean), np.float32)))
+            outputs = outputs + ((x * noise_in) @ kernel_sigma) * noise_out + bias_sigma * noise_out
+        return function(outputs)
+    return noisy_dense
+
+
+def _dueling(head: DuelingHead) -> NumpyLayer:
     """`DuelingHead.call` in NumPy, its weights in `get_weights` order: the value stream's, then the advantage's."""
-    value_kernel, value_bias, advantage_kernel, advantage_bias = weights
-    advantage = x @ advantage_kernel + advantage_bias
-    return x @ value_kernel + value_bias + advantage - advantage.mean(axis=-1, keepdims=True)
+    stream = _dense("linear") if head.noisy is None else _noisy_dense("linear")
+    half = len(head.weights) // 2
+
+    def dueling(x: np.ndarray, weights: list[np.ndarray], rng: np.random.Generator | None) -> np.ndarray:
+        value, advantage = stream(x, weights[:half], rng), stream(x, weights[half:], rng)
+        if head.num_atoms > 1:
+            value = value.reshape(len(x), 1, head.num_atoms)
+            advantage = advantage.reshape(len(x), head.num_actions, head.num_atoms)
+        return value + advantage - advantage.mean(axis=-1 if head.num_atoms == 1 else 1, keepdims=True)
+    return dueling
+
+
+def _numpy_layer(layer: keras.layers.Layer) -> NumpyLayer:
+    if isinstance(layer, DuelingHead):
+        return _dueling(layer)
+    if isinstance(layer, keras.layers.Reshape):
+        return lambda x, _, __: x.reshape(len(x), *layer.target_shape)
+    return (_noisy_dense if isinstance(layer, NoisyDense) else _dense)(layer.activation.__name__)
 
 
 class NumpyForward:
-    """A network of Dense layers (and a `DuelingHead`) evaluated in NumPy, from that network's layers and current
-    weights.
+    """A network of Dense layers (noisy or not, then a `DuelingHead` or a reshape into atoms) evaluated in NumPy,
+    from that network's layers and current weights.
 
     The layer structure and activations are read off the Keras network once; the weights are read
     again whenever the network's `weights_version` moves on, or when they are handed over directly.
 
-    :param network: a `QNetwork` made only of Dense layers with activations in `NUMPY_ACTIVATIONS`, and a
-        `DuelingHead` last.
+    :param network: a `QNetwork` made only of layers `NumpyForward.supports`.
     :raises ValueError: for any other layer (see `NumpyForward.supports`).
     """
 
@@ -146,17 +266,17 @@ class NumpyForward:
         if not self.supports(network):
             raise ValueError(f"{network.name} has layers NumpyForward cannot compute")
         self.network = network
-        self.functions = [_dueling if isinstance(layer, DuelingHead) else _dense(layer.activation.__name__)
-                          for layer in network.layers]
+        self.functions = [_numpy_layer(layer) for layer in network.layers]
         self.counts = [len(layer.weights) for layer in network.layers]
         self.read_weights()
 
     @staticmethod
     def supports(network: keras.Model) -> bool:
-        """Whether every layer is Dense with an activation NumPy computes here, or a `DuelingHead`."""
-        return all(isinstance(layer, DuelingHead) or (isinstance(layer, keras.layers.Dense)
-                                                      and layer.activation.__name__ in NUMPY_ACTIVATIONS)
-                   for layer in network.layers)
+        """Whether every layer is Dense or NoisyDense with an activation NumPy computes here, a `DuelingHead`, or a
+        `Reshape`."""
+        return all(isinstance(layer, DuelingHead | keras.layers.Reshape) or (
+            isinstance(layer, keras.layers.Dense | NoisyDense) and layer.activation.__name__ in NUMPY_ACTIVATIONS)
+            for layer in network.layers)
 
     def read_weights(self, weights: list[np.ndarray] | None = None) -> None:
         """Take the network's weights, layer by layer.
@@ -169,11 +289,15 @@ class NumpyForward:
                        for function, start, end in zip(self.functions, bounds[:-1], bounds[1:], strict=True)]
         self.version = self.network.weights_version
 
-    def __call__(self, states: np.ndarray) -> np.ndarray:
-        """Q(s, .) of a batch of states, shape (B, num_actions)."""
+    def __call__(self, states: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The network's output for a batch of states: Q(s, .), shape (B, num_actions), or a distributional
+        network's logits, (B, num_actions, num_atoms).
+
+        :param rng: noisy layers draw their noise from it, as in training (default: no noise, the mean weights).
+        """
         if self.version != self.network.weights_version:
             self.read_weights()
         activations = np.asarray(states, dtype=np.float32)
         for function, weights in self.layers:
-            activations = function(activations, weights)
+            activations = function(activations, weights, rng)
         return activations

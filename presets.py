@@ -20,6 +20,8 @@ from common import UserError, atomic_write_text
 from dqn_config import ConfigError, DQNConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+# Rainbow's presets (``train.py --agent rainbow``): each goes over the environment's own preset
+RAINBOW_PRESETS_DIR = PRESETS_DIR / "rainbow"
 
 # The run settings a preset may set, with the type each must have.
 RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -52,6 +54,22 @@ class Preset:
 
     def matches(self, env_id: str) -> bool:
         return any(fnmatch.fnmatchcase(env_id, pattern) for pattern in self.env_ids)
+
+    def over(self, base: Preset | None) -> Preset:
+        """This preset laid over `base` (another environment's preset, or None): its run settings and config
+        fields replace base's, the rest of base stays; the result is named and sourced as this preset.
+
+        :raises PresetError: if the two together make a config that cannot be used.
+        """
+        if base is None:
+            return self
+        config = {**base.config, **self.config}
+        try:
+            DQNConfig(**config)
+        except ConfigError as error:
+            raise PresetError(self.path, f"config.{error.name}", f"{error.problem} (over {base.path})") from error
+        return Preset(path=self.path, env_ids=self.env_ids, source={**self.source, "over": str(base.path.name)},
+                      run={**base.run, **self.run}, config=config)
 
 
 class PresetError(UserError):

@@ -8,8 +8,10 @@ CartPole steps, while a row written by the compiled call costs about 30 µs. Tag
 
 - ``episode/return``, ``episode/length``, ``episode/epsilon``: each training episode, at its last step;
 - ``train/loss``, ``train/mean_max_q``: each training phase's mean over its gradient steps;
-- ``replay/mean_importance_weight``, ``replay/max_to_mean_priority``: with prioritized replay, the phase's mean
-  importance weight and how skewed the draw is (the largest p^alpha over the mean);
+- ``replay/mean_importance_weight``, ``replay/max_to_mean_priority``: with prioritized replay, each phase's mean
+  importance weight, and at each evaluation how skewed the draw is (the largest p^alpha over the mean);
+- ``train/distribution_entropy``: with C51, at each evaluation, the mean entropy of the greedy action's predicted
+  return distribution on the latest 256 stored states (log num_atoms when flat, 0 when sure);
 - ``eval/mean``, ``eval/std`` (and ``eval/confirmation_mean`` when confirmed): each greedy evaluation;
 - ``time/steps_per_second``: environment steps per second since the previous write;
 - the hyperparameters and run settings, in TensorBoard's HParams tab.

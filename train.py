@@ -15,6 +15,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 import platform
@@ -56,9 +57,17 @@ from common import (
     summarize,
     write_problem,
 )
-from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, PRIORITY_UPDATES, ConfigError, DQNConfig
+from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, PRIORITY_UPDATES, ConfigError, DQNConfig, implied_by_switches
 from environments import make_env, reward_threshold
-from presets import PRESETS_DIR, RUN_FIELDS, PresetError, all_presets, find_preset, read_preset
+from presets import (
+    PRESETS_DIR,
+    RAINBOW_PRESETS_DIR,
+    RUN_FIELDS,
+    PresetError,
+    all_presets,
+    find_preset,
+    read_preset,
+)
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -93,6 +102,7 @@ class RunSettings:
     reward_threshold: float | None = None
     out: Path = Path("models/CartPole-v1")
     checkpoint_buffer: bool = False
+    agent: str = "dqn"
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "out": str(self.out)}
@@ -195,7 +205,6 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                     log.scalar("train/mean_max_q", step, mean_max_q)
                     if config.prioritized_replay:
                         log.scalar("replay/mean_importance_weight", step, mean_weight)
-                        log.scalar("replay/max_to_mean_priority", step, agent.memory.priority_spread())
                 if not math.isfinite(loss):
                     result.stop_reason = "loss diverged"
                     result.failure = (f"the loss became {loss} at step {step}: training stopped. Try a lower "
@@ -234,6 +243,12 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                     for name in ("mean", "std", "confirmation_mean"):
                         if name in evaluation:
                             log.scalar(f"eval/{name}", step, evaluation[name])
+                    if config.prioritized_replay:  # reads every priority: once per evaluation, not per phase
+                        log.scalar("replay/max_to_mean_priority", step, agent.memory.priority_spread())
+                    if config.distributional and agent.replay_buffer:  # on the latest states stored
+                        recent = [t.state for t in itertools.islice(reversed(agent.replay_buffer), 256)]
+                        log.scalar("train/distribution_entropy", step, agent.distribution_entropy(np.asarray(
+                            recent, agent.observation_dtype)))
                     log.write(step)
                 if result.solved_step is not None:
                     break
@@ -359,6 +374,7 @@ def library_versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ the command
+AGENTS = ("dqn", "rainbow")
 CHOICES = {"loss": LOSSES, "optimizer": OPTIMIZERS, "network": NETWORKS, "priority_updates": PRIORITY_UPDATES}
 
 
@@ -370,8 +386,8 @@ class ListPresets(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         print(f"{'preset file':<28}{'environments':<18}{'steps':>8}  where the numbers come from")
-        for preset in all_presets():
-            print(f"{'presets/' + preset.path.name:<28}{', '.join(preset.env_ids):<18}"
+        for preset in all_presets() + all_presets(RAINBOW_PRESETS_DIR):
+            print(f"{'presets/' + preset.path.relative_to(PRESETS_DIR).as_posix():<28}{', '.join(preset.env_ids):<18}"
                   f"{preset.run.get('total_steps', ''):>8}  {preset.source.get('from', '')}")
         parser.exit(0)
 
@@ -393,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", type=Path, default=None,
                      help="a preset file to use instead of the environment's own (see --list-presets)")
     run.add_argument("--list-presets", action=ListPresets, help="list the presets and exit")
+    run.add_argument("--agent", choices=AGENTS, default=defaults.agent,
+                     help="dqn: the environment's preset (presets/); rainbow: that preset with the environment's "
+                     "Rainbow preset over it (presets/rainbow/), all six extensions on: Double DQN, dueling, n-step, "
+                     "prioritized replay, noisy networks and distributional C51 (Hessel et al., 2018)")
     for name, doc in (("total_steps", "environment steps at most"),
                       ("eval_interval", "environment steps between two greedy evaluations"),
                       ("eval_episodes", "episodes per greedy evaluation"),
@@ -484,10 +504,18 @@ def parse_args(argv: list[str] | None) -> Command:
     if preset is None:
         print(f"train.py: no preset for {args.env}: using the CartPole-v1 defaults (--list-presets shows the "
               "presets)", file=sys.stderr)
+    if args.agent == "rainbow":
+        rainbow = find_preset(args.env, RAINBOW_PRESETS_DIR)
+        if rainbow is None:
+            parser.error(f"argument --agent: no Rainbow preset for {args.env} in presets/rainbow/ (it has "
+                         f"{', '.join(p for preset in all_presets(RAINBOW_PRESETS_DIR) for p in preset.env_ids)}); "
+                         "give the switches yourself: --dueling --n-step 3 --prioritized-replay --noisy-nets "
+                         "--distributional")
+        preset = rainbow.over(preset)
     config_fields = [f.name for f in dataclasses.fields(DQNConfig)]
+    flags = {name: given[name] for name in config_fields if name in given}
     try:
-        config = DQNConfig(**{**(preset.config if preset else {}),
-                              **{name: given[name] for name in config_fields if name in given}})
+        config = DQNConfig(**{**(preset.config if preset else {}), **implied_by_switches(flags), **flags})
         config.network_for(observation_shape)
     except ConfigError as error:
         if error.name not in given and preset is not None:
@@ -502,7 +530,7 @@ def parse_args(argv: list[str] | None) -> Command:
         run["reward_threshold"] = None
     elif run["reward_threshold"] is None:
         run["reward_threshold"] = reward_threshold(args.env)
-    settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed,
+    settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed, "agent": args.agent,
                               "checkpoint_buffer": bool(args.checkpoint_buffer),
                               "out": Path("models") / args.env if args.out is None else
                               args.out.with_name(args.out.name.removesuffix(".weights.h5"))})
@@ -510,8 +538,9 @@ def parse_args(argv: list[str] | None) -> Command:
         parser.error(f"argument --out: {settings.out} is a folder; give a file stem such as "
                      f"{settings.out / args.env}")
     ensure_writable_dir(settings.out.parent, "--out")
-    preset_record = preset and {"name": preset.name, "file": f"presets/{preset.path.name}"
-                                if preset.path.parent == PRESETS_DIR else str(preset.path), "source": preset.source}
+    preset_record = preset and {"name": preset.name, "source": preset.source,
+                                "file": f"presets/{preset.path.relative_to(PRESETS_DIR).as_posix()}"
+                                if preset.path.is_relative_to(PRESETS_DIR) else str(preset.path)}
     return Command(settings, config, preset_record, not args.no_progress,
                    None if args.no_tensorboard else args.tensorboard or settings.out.parent / "runs")
 
@@ -564,7 +593,7 @@ def run_value(name: str, state: dict, stem: Path) -> object:
         preset = state.get("preset")
         return preset and (PRESETS_DIR.parent / preset["file"] if preset["file"].startswith("presets/")
                            else Path(preset["file"]))
-    return settings.get(name)
+    return settings.get(name, getattr(RunSettings(), name, None))  # a run from before the setting had its default
 
 
 def same_value(name: str, value: object, own: object) -> bool:

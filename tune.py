@@ -50,7 +50,7 @@ from common import (
     run_cli,
     seed_argument,
 )
-from dqn_config import ConfigError, DQNConfig
+from dqn_config import ConfigError, DQNConfig, implied_by_switches
 from environments import make_env, reward_threshold
 from presets import PRESETS_DIR, RUN_FIELDS, find_preset, write_preset
 from train import RunSettings, TrainingResult, build_agent, run_training
@@ -114,7 +114,8 @@ def objective(trial: optuna.Trial, env_id: str, base: dict[str, Any], run: RunSe
     import optuna
 
     try:
-        config = DQNConfig(**{**base, **suggest(trial, space)})
+        suggested = suggest(trial, space)  # a switch brings its own defaults, as on train.py's command line
+        config = DQNConfig(**{**base, **implied_by_switches(suggested), **suggested})
     except ConfigError as error:  # a combination the config refuses: nothing to learn from it
         raise optuna.TrialPruned(f"{error.name}: {error.problem}") from error
     scores: list[float] = []

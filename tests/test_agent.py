@@ -151,13 +151,21 @@ def test_act_explores_at_rate_epsilon():
 
 
 def assert_acting_matches_the_network(agent: DeepQLearning, states: np.ndarray) -> None:
-    np.testing.assert_allclose(agent.q_values(states), agent.main_network(states).numpy(), rtol=1e-5, atol=1e-5)
+    # greedy acting uses the mean weights of noisy layers, which is the network outside training
+    np.testing.assert_allclose(agent.q_values(states), agent.expected_q(agent.main_network(states)).numpy(),
+                               rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dueling", [False, True], ids=["dense", "dueling"])
-def test_acting_computes_the_networks_function_after_every_kind_of_weight_change(tmp_path, dueling):
-    agent = small_agent(hidden_sizes=(8, 8), batch_size=4, dueling=dueling)
-    assert isinstance(agent._forward, NumpyForward)  # NumPy acting, a dueling head included
+NETWORK_KINDS = {"dense": {}, "dueling": {"dueling": True}, "noisy": {"noisy_nets": True},
+                 "distributional": {"distributional": True, "loss": "cross_entropy", "num_atoms": 5},
+                 "rainbow": {"dueling": True, "noisy_nets": True, "distributional": True, "loss": "cross_entropy",
+                             "num_atoms": 5}}
+
+
+@pytest.mark.parametrize("kind", NETWORK_KINDS.values(), ids=NETWORK_KINDS.keys())
+def test_acting_computes_the_networks_function_after_every_kind_of_weight_change(tmp_path, kind):
+    agent = small_agent(hidden_sizes=(8, 8), batch_size=4, **kind)
+    assert isinstance(agent._forward, NumpyForward)  # NumPy acting, every head included
     states = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     assert_acting_matches_the_network(agent, states)
     for i in range(8):

@@ -50,10 +50,10 @@ def arrays(path, group):
 
 
 # beta held at 1: its schedule runs over --total-steps, which the stopped run below sets shorter
-@pytest.mark.parametrize("family", [[], ["--n-step", "3", "--prioritized-replay", "--priority-beta-start", "1",
-                                         "--dueling"]], ids=["dqn", "n-step-prioritized-dueling"])
+@pytest.mark.parametrize("family", [[], ["--agent", "rainbow", "--priority-beta-start", "1"]], ids=["dqn", "rainbow"])
 def test_a_run_stopped_and_resumed_with_its_buffer_ends_with_the_same_weights_bit_for_bit(tmp_path, family):
-    # with n-step returns and prioritized replay the checkpoint carries the n-step window and the priorities too
+    # Rainbow: n-step returns, prioritized replay, dueling, noisy networks and C51 at once; the checkpoint carries
+    # the n-step window, the priorities and the noise generators' states too
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run_program("train.py", *LONGER, *family, "--checkpoint-buffer", "--out", str(whole)).returncode == 0
     first = run_program("train.py", *LONGER, *family, "--checkpoint-buffer", "--out", str(parts), "--total-steps",
@@ -62,7 +62,7 @@ def test_a_run_stopped_and_resumed_with_its_buffer_ends_with_the_same_weights_bi
     assert read_checkpoint_state(checkpoint_path(parts))["result"]["steps"] == 600
     second = run_program("train.py", "--resume", str(parts), "--total-steps", "1200", "--no-progress")
     assert second.returncode == 0, second.stderr
-    for group in ("main", "target", "optimizer"):
+    for group in ("main", "target", "optimizer", "noise"):
         for a, b in zip(arrays(checkpoint_path(whole), group), arrays(checkpoint_path(parts), group), strict=True):
             np.testing.assert_array_equal(a, b)
     records = [json.loads(stem.with_name(stem.name + ".json").read_text()) for stem in (whole, parts)]

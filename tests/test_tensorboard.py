@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 from conftest import run_program
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -49,14 +50,18 @@ def test_no_tensorboard_writes_no_logs(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_prioritized_replay_logs_its_importance_weights_and_how_skewed_the_draw_is(tmp_path):
-    result = run_program("train.py", *QUICK, "--no-early-stop", "--prioritized-replay", "--out", str(tmp_path / "run"),
-                         "--tensorboard", str(tmp_path / "logs"))
+def test_prioritized_replay_and_c51_log_their_weights_the_draws_skew_and_the_distributions_entropy(tmp_path):
+    result = run_program("train.py", *QUICK, "--no-early-stop", "--prioritized-replay", "--distributional",
+                         "--num-atoms", "11", "--out", str(tmp_path / "run"), "--tensorboard", str(tmp_path / "logs"))
     assert result.returncode == 0, result.stderr
     (folder,) = (tmp_path / "logs").iterdir()
     events = read_run(folder)
     weights = values(events, "replay/mean_importance_weight")
     spread = values(events, "replay/max_to_mean_priority")
-    assert [step for step, _ in weights] == [step for step, _ in spread] == list(range(250, 601, 50))
+    assert [step for step, _ in weights] == list(range(250, 601, 50))  # each training phase
+    assert [step for step, _ in spread] == [300, 600]  # each evaluation: it reads every priority
     assert all(0.0 < value <= 1.0 for _, value in weights)  # normalised by the batch's largest weight
     assert all(value >= 1.0 for _, value in spread) and spread[-1][1] > 1.0  # priorities differ once learned
+    entropy = values(events, "train/distribution_entropy")
+    assert [step for step, _ in entropy] == [300, 600]
+    assert all(0.0 < value < math.log(11) + 1e-6 for _, value in entropy)  # between sure and flat

@@ -51,6 +51,13 @@ QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency"
     (["--priority-alpha", "1.5"], ["--priority-alpha", "[0, 1]"]),
     (["--priority-beta-start", "-0.1"], ["--priority-beta-start", "[0, 1]"]),
     (["--priority-epsilon", "0"], ["--priority-epsilon", "positive"]),
+    (["--distributional", "--num-atoms", "1"], ["--num-atoms", "at least 2"]),
+    (["--distributional", "--v-min", "5", "--v-max", "1"], ["--v-min", "below v_max"]),
+    (["--distributional", "--loss", "huber"], ["--loss", "cross_entropy", "distributional"]),
+    (["--loss", "cross_entropy"], ["--loss", "needs distributional"]),
+    (["--noisy-nets", "--noisy-sigma", "0"], ["--noisy-sigma", "positive"]),
+    (["--agent", "rainbow", "--env", "Acrobot-v1"], ["--agent", "no Rainbow preset", "Acrobot-v1"]),
+    (["--agent", "dueling"], ["--agent", "invalid choice"]),
 ])
 def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, words):
     assert_one_line_error(run_program("train.py", *args), *words)
