@@ -4,7 +4,7 @@
     python -m bench.family --envs CartPole-v1 --repeats 3
 
 Each run is the real ``train.py`` with the environment's preset and one variant's flags (DQN, n-step returns,
-the dueling head, prioritized replay, all three), under ``/usr/bin/time -v``, for a fixed number of steps with
+the dueling head, prioritized replay, all three, noisy networks, C51, Rainbow), under ``/usr/bin/time -v``, for a fixed number of steps with
 no early stop and one evaluation episode at the end, past the preset's ``learning_starts`` so that its update
 schedule runs. Variants are interleaved, so that a change in the machine's load hits them alike; steps/s
 excludes the evaluation. Prints each variant's median steps/s and its ratio to DQN's; writes ``family.json``
@@ -29,6 +29,9 @@ VARIANTS = {
     "prioritized replay": ["--n-step", "1", "--prioritized-replay"],
     "prioritized replay, updates per step": ["--n-step", "1", "--prioritized-replay", "--priority-updates", "step"],
     "all three": ["--n-step", "3", "--dueling", "--prioritized-replay"],
+    "noisy networks": ["--n-step", "1", "--noisy-nets"],
+    "C51": ["--n-step", "1", "--distributional"],
+    "Rainbow (--agent rainbow)": ["--agent", "rainbow"],
 }
 # steps per run, and learning_starts where the preset's would leave too little of the run
 BUDGETS = {"CartPole-v1": ["--total-steps", "20000"],
