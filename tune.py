@@ -197,9 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_study(storage: str, name: str, direction: str, pruner: str) -> optuna.Study:
+def open_study(storage: str, name: str, direction: str, pruner: str, sampler: optuna.samplers.BaseSampler | None = None,
+               retry_failed: bool = False) -> optuna.Study:
     """Create or join the study `name` in `storage`.
 
+    :param sampler: Optuna's sampler (default: its own, TPE).
+    :param retry_failed: put a trial whose worker died (no heartbeat) back in the queue with its parameters, as
+        a grid of fixed cells wants (`bench.ablation`); a search needs no such retry.
     :raises UserError: if the storage cannot be reached or is not a database URL.
     """
     import optuna
@@ -214,9 +218,10 @@ def open_study(storage: str, name: str, direction: str, pruner: str) -> optuna.S
         try:
             # heartbeats are marked experimental, as they have been since Optuna 2.9
             with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+                retry = optuna.storages.RetryFailedTrialCallback(max_retry=None) if retry_failed else None
                 database = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS,
-                                                      grace_period=STALE_SECONDS)
-            return optuna.create_study(storage=database, study_name=name,
+                                                      grace_period=STALE_SECONDS, failed_trial_callback=retry)
+            return optuna.create_study(storage=database, study_name=name, sampler=sampler,
                                        direction=direction, pruner=pruners[pruner](), load_if_exists=True)
         except IntegrityError:  # workers started together raced to create the tables or the study: join it
             time.sleep(0.2 * (attempt + 1))
