@@ -218,9 +218,9 @@ def open_study(storage: str, name: str, direction: str, pruner: str, sampler: op
         try:
             # heartbeats are marked experimental, as they have been since Optuna 2.9
             with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
-                retry = optuna.storages.RetryFailedTrialCallback(max_retry=None) if retry_failed else None
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback() if retry_failed else None
                 database = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS,
-                                                      grace_period=STALE_SECONDS, failed_trial_callback=retry)
+                                                      grace_period=STALE_SECONDS, heartbeat_stale_trial_callback=retry)
             return optuna.create_study(storage=database, study_name=name, sampler=sampler,
                                        direction=direction, pruner=pruners[pruner](), load_if_exists=True)
         except IntegrityError:  # workers started together raced to create the tables or the study: join it

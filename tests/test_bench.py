@@ -76,3 +76,43 @@ def test_a_stopped_learning_bench_goes_on_where_it_was_with_resume(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stderr.count("finished before, record kept") == 2, again.stderr
     assert json.loads((tmp_path / "learning-nstep2.json").read_text())["rows"] == rows
+
+
+# a MinAtar run of a few seconds: 300 steps, evaluated at 150 and 300
+TINY_MINATAR = ["--learning-starts", "50", "--eval-interval", "150", "--eval-episodes", "1", "--final-eval-episodes",
+                "2", "--confirm-episodes", "2", "--buffer-size", "500", "--batch-size", "8"]
+
+
+@pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
+def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it_was(tmp_path):
+    import optuna
+
+    # the Rainbow cell's worker died after its first checkpoint: a checkpoint at the cell's stem, no record
+    stem = tmp_path / "runs" / "rainbow-minatar-breakout-v1-0"
+    killed = run_program("train.py", "--env", "MinAtar/Breakout-v1", "--agent", "rainbow", "--seed", "0", "--out",
+                         str(stem), "--total-steps", "150", "--checkpoint-buffer", "--no-progress", *TINY_MINATAR)
+    assert killed.returncode == 0, killed.stderr
+    stem.with_name(stem.name + ".json").unlink()
+    command = [sys.executable, "-m", "bench.ablation", "--games", "MinAtar/Breakout-v1", "--seeds", "0",
+               "--ablation-games", "--total-steps", "300", "--out", str(tmp_path), "--", *TINY_MINATAR]
+    bench = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr
+    results = json.loads((tmp_path / "ablation.json").read_text())
+    assert sorted((cell["variant"], cell["seed"]) for cell in results["cells"]) == [("DQN", 0), ("Rainbow", 0)]
+    assert [row["variant"] for row in results["games"]] == ["DQN", "Rainbow"]
+    assert all(row["low"] <= row["mean"] <= row["high"] for row in results["games"])
+    assert "| MinAtar/Breakout-v1 | Rainbow | 1 |" in bench.stdout
+    assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    # the Rainbow run went on from its checkpoint at step 150, with --agent rainbow's own settings
+    record = json.loads(stem.with_name(stem.name + ".json").read_text())
+    assert [e["step"] for e in record["evaluations"]] == [150, 300] and record["config"]["distributional"]
+    (name,) = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'ablation.db'}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'ablation.db'}")
+    assert sorted(t.params["cell"] for t in study.trials if t.state.name == "COMPLETE") == [
+        "MinAtar/Breakout-v1|DQN|0", "MinAtar/Breakout-v1|Rainbow|0"]
+    # run again: every cell is done, no trial is even started, the report is the same
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    after = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'ablation.db'}").trials
+    assert len(after) == len(study.trials)
+    assert json.loads((tmp_path / "ablation.json").read_text())["cells"] == results["cells"]

@@ -1,0 +1,252 @@
+"""The Rainbow ablation on MinAtar: DQN, Rainbow, and Rainbow with each of its six components removed in turn.
+
+    python -m bench.ablation                    # the default grid, two runs at a time; run it again to go on
+    python -m bench.ablation --report-only      # the table and picture of the cells finished so far
+    python -m bench.ablation --storage postgresql+psycopg://USER@HOST/DB --jobs 8    # the same on many machines
+
+Each cell of the grid (game, variant, seed) is one run of ``train.py`` under the protocol of ``bench.learning``:
+the MinAtar preset's evaluations, the best evaluated weights kept, a final 100-episode evaluation of them. The
+default grid is DQN and Rainbow on all five MinAtar games with 3 seeds, and the six ablations on
+MinAtar/Breakout-v1 with 2 seeds: 42 runs of 200,000 steps, about 20 minutes each on 2 cores two at a time.
+
+The cells are handed out by an Optuna study whose `GridSampler` holds the grid, in ``--storage`` (an SQLite file
+in ``--out`` by default; PostgreSQL for many machines, as ``tune.py``'s workers share a study): every worker
+(``--jobs`` threads per command, each running one ``train.py`` at a time) asks the study for a cell nobody has
+taken, trains it and tells the study its final score. A worker that dies stops its heartbeat; its cell is then
+failed and put back in the grid, and whoever takes it continues the run from its checkpoint. A cell whose run
+finished before is not trained again.
+
+The report: each game and variant's mean final score over its seeds with a 95% bootstrap interval, and across
+games the interquartile mean (IQM) of the scores normalised by DQN's mean on each game, with its stratified
+bootstrap interval (both by `rliable`, Agarwal et al., 2021); written as ``ablation.json`` and ``ablation.png``
+into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bench.timed import machine, run_timed
+from checkpoints import unfinished_run_step
+from common import UserError, atomic_write, atomic_write_text, figure_bytes, run_cli, seed_argument
+from presets import find_preset
+from tune import open_study
+
+if TYPE_CHECKING:
+    import optuna
+
+GAMES = ["MinAtar/Asterix-v1", "MinAtar/Breakout-v1", "MinAtar/Freeway-v1", "MinAtar/Seaquest-v1",
+         "MinAtar/SpaceInvaders-v1"]
+
+
+def variants() -> dict[str, list[str]]:
+    """Each variant's train.py flags: DQN is the MinAtar preset, Rainbow ``--agent rainbow``, and each ablation
+    Rainbow with one component off (and what that component had replaced back: epsilon-greedy exploration for
+    the noisy networks, the MinAtar preset's loss for C51)."""
+    dqn = find_preset(GAMES[0]).config
+    rainbow = ["--agent", "rainbow"]
+    return {
+        "DQN": [],
+        "Rainbow": rainbow,
+        "Rainbow - Double": [*rainbow, "--no-double-dqn"],
+        "Rainbow - dueling": [*rainbow, "--no-dueling"],
+        "Rainbow - n-step": [*rainbow, "--n-step", "1"],
+        "Rainbow - prioritized": [*rainbow, "--no-prioritized-replay"],
+        "Rainbow - noisy": [*rainbow, "--no-noisy-nets", "--epsilon-start", str(dqn["epsilon_start"]),
+                            "--epsilon-end", str(dqn["epsilon_end"])],
+        "Rainbow - distributional": [*rainbow, "--no-distributional", "--loss", dqn["loss"]],
+    }
+
+
+def grid(args: argparse.Namespace) -> list[str]:
+    """The cells, as ``GAME|VARIANT|SEED``: DQN and Rainbow on --games x --seeds, the ablations on
+    --ablation-games x --ablation-seeds."""
+    cells = [f"{game}|{variant}|{seed}" for game in args.games for variant in ("DQN", "Rainbow")
+             for seed in args.seeds]
+    cells += [f"{game}|{variant}|{seed}" for game in args.ablation_games for variant in variants()
+              if variant.startswith("Rainbow - ") for seed in args.ablation_seeds]
+    return cells
+
+
+def run_cell(cell: str, args: argparse.Namespace) -> dict:
+    """Train one cell (or continue it from its checkpoint, or keep its finished record); return its result."""
+    game, variant, seed = cell.split("|")
+    name = "-".join([variant.replace(" - ", "-no-").replace(" ", "-"), game.replace("/", "-"), seed]).lower()
+    stem = args.out / "runs" / name
+    record_path = stem.with_name(stem.name + ".json")
+    timing_path = stem.with_name(stem.name + ".timed.json")
+    if not (record_path.is_file() and timing_path.is_file() and unfinished_run_step(stem) is None):
+        if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
+            command = ["train.py", "--resume", str(stem), "--total-steps", str(args.total_steps), "--no-progress"]
+        else:
+            command = ["train.py", "--env", game, "--seed", seed, "--total-steps", str(args.total_steps),
+                       "--out", str(stem), "--no-progress", "--checkpoint-buffer", *variants()[variant],
+                       *args.train_flags]
+        timed = run_timed(*command)
+        if timed.returncode != 0:  # its own last line, before GNU time's report
+            said = timed.stderr.split("\tCommand being timed")[0].strip().splitlines() or ["no message"]
+            raise RuntimeError(f"{cell}: train.py failed: {said[-1]}")
+        atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
+                                                   "peak_mb": round(timed.peak_mb)}) + "\n")
+    record, timing = json.loads(record_path.read_text()), json.loads(timing_path.read_text())
+    return {"game": game, "variant": variant, "seed": int(seed), "final": record["final_evaluation"]["mean"],
+            "steps_per_second": round(record["steps"] / (record["seconds"] - record["eval_seconds"])), **timing}
+
+
+def work(study: optuna.Study, args: argparse.Namespace) -> None:
+    """Take cells from the study until none is left untaken, `args.jobs` at a time."""
+    import optuna
+
+    cells = grid(args)
+
+    def objective(trial: optuna.Trial) -> float:
+        cell = trial.suggest_categorical("cell", cells)
+        if any(other.number != trial.number and other.params.get("cell") == cell and other.state in
+               (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
+               for other in study.get_trials(deepcopy=False)):  # the grid's last cells, already being run
+            raise optuna.TrialPruned(f"{cell} is taken")
+        try:
+            result = run_cell(cell, args)
+        except RuntimeError as error:
+            trial.set_user_attr("error", str(error))
+            raise
+        for key, value in result.items():
+            trial.set_user_attr(key, value)
+        print(f"{result['game']} {result['variant']} seed {result['seed']}: final {result['final']:.2f}",
+              file=sys.stderr, flush=True)
+        return result["final"]
+
+    if unfinished_cells(study, cells):
+        study.optimize(objective, n_jobs=args.jobs, catch=(RuntimeError,))
+
+
+def unfinished_cells(study: optuna.Study, cells: list[str]) -> set[str]:
+    """The cells with neither a finished trial nor one whose run failed (a stale trial, whose worker died, is
+    neither: Optuna puts its cell back in the queue)."""
+    return set(cells) - {trial.params.get("cell") for trial in study.get_trials(deepcopy=False)
+                         if trial.state.name == "COMPLETE" or "error" in trial.user_attrs}
+
+
+def report(study: optuna.Study, args: argparse.Namespace) -> dict:
+    """The finished cells' table, per game and variant, and the IQM across games; printed, and returned."""
+    import optuna
+    from rliable import library, metrics
+
+    rows = [trial.user_attrs for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+            if trial.params.get("cell") in set(grid(args))]
+    results: dict = {"machine": machine(), "command": " ".join(["python -m bench.ablation", *sys.argv[1:]]),
+                     "cells": sorted(rows, key=lambda r: (r["game"], r["variant"], r["seed"])), "games": [],
+                     "aggregate": []}
+    print("| game | variant | seeds | final (mean) | 95% bootstrap interval | env steps/s |\n|---|---|---|---|---|---|")
+    for game in dict.fromkeys(r["game"] for r in results["cells"]):
+        for variant in variants():
+            finals = [r["final"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
+            rates = [r["steps_per_second"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
+            if not finals:
+                continue
+            mean, (low, high) = interval(library, metrics.aggregate_mean, np.array(finals)[:, None])
+            results["games"].append({"game": game, "variant": variant, "seeds": len(finals), "mean": mean,
+                                     "low": low, "high": high, "steps_per_second": float(np.median(rates))})
+            print(f"| {game} | {variant} | {len(finals)} | {mean:.2f} | [{low:.2f}, {high:.2f}] | "
+                  f"{np.median(rates):.0f} |")
+    for variant in ("DQN", "Rainbow"):  # over the games both ran on every seed of, where DQN scored (to divide by)
+        games = [g for g in args.games if all(any((r["game"], r["variant"], r["seed"]) == (g, v, s)
+                                                  for r in results["cells"]) for v in ("DQN", "Rainbow")
+                                              for s in args.seeds) and dqn_mean(results, g) > 0]
+        if not games:
+            continue
+        scores = np.array([[next(r["final"] for r in results["cells"] if (r["game"], r["variant"], r["seed"]) ==
+                                 (g, variant, s)) / dqn_mean(results, g) for g in games] for s in args.seeds])
+        iqm, (low, high) = interval(library, metrics.aggregate_iqm, scores)
+        results["aggregate"].append({"variant": variant, "games": games, "iqm": iqm, "low": low, "high": high})
+        print(f"IQM of DQN-normalised finals over {len(games)} games, {variant}: {iqm:.3f} [{low:.3f}, {high:.3f}]")
+    return results
+
+
+def dqn_mean(results: dict, game: str) -> float:
+    return next(row["mean"] for row in results["games"] if (row["game"], row["variant"]) == (game, "DQN"))
+
+
+def interval(library: object, aggregate: object, scores: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """The aggregate of `scores` (runs x games) and its 95% stratified bootstrap interval, by rliable."""
+    points, intervals = library.get_interval_estimates({"x": scores}, lambda x: np.array([aggregate(x)]),
+                                                       reps=2000)
+    return float(points["x"][0]), (float(intervals["x"][0, 0]), float(intervals["x"][1, 0]))
+
+
+def plot(results: dict, path: Path) -> None:
+    """Each game's variants as bars with their intervals, and the IQM across games."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    games = list(dict.fromkeys(row["game"] for row in results["games"]))
+    names = [name for name in variants() if any(row["variant"] == name for row in results["games"])]
+    panels = [*games, "IQM"] if results["aggregate"] else games
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    for axis, panel in zip(axes[0], panels, strict=True):
+        rows = results["aggregate"] if panel == "IQM" else [r for r in results["games"] if r["game"] == panel]
+        values = [row["iqm" if panel == "IQM" else "mean"] for row in rows]
+        errors = [[v - row["low"] for v, row in zip(values, rows, strict=True)],
+                  [row["high"] - v for v, row in zip(values, rows, strict=True)]]
+        axis.barh([names.index(row["variant"]) for row in rows], values, xerr=errors, color="tab:blue", capsize=3)
+        axis.set_title(panel.removeprefix("MinAtar/") if panel != "IQM" else "IQM, DQN-normalised", fontsize=9)
+        axis.tick_params(labelsize=7)
+    axes[0][0].set_yticks(range(len(names)), names)
+    axes[0][0].invert_yaxis()
+    figure.tight_layout()
+    content = figure_bytes(figure, dpi=90)
+    plt.close(figure)
+    atomic_write(path, content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--games", nargs="+", default=GAMES, help="games of DQN and Rainbow")
+    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablation-games", nargs="*", default=["MinAtar/Breakout-v1"],
+                        help="games of the six ablations (none: --ablation-games with no value)")
+    parser.add_argument("--ablation-seeds", type=seed_argument, nargs="+", default=[0, 1])
+    parser.add_argument("--total-steps", type=int, default=200_000, help="steps of every run")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time in this command")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/ablation"))
+    parser.add_argument("--storage", default=None, help="the study's database URL, shared by every worker "
+                        "(default: sqlite:///OUT/ablation.db)")
+    parser.add_argument("--report-only", action="store_true", help="report the finished cells and train none")
+    parser.add_argument("train_flags", nargs="*", help="extra flags for every train.py, after --")
+    args = parser.parse_args()
+    for game in {*args.games, *args.ablation_games}:
+        if not game.startswith("MinAtar/"):
+            parser.error(f"argument --games: {game} is not a MinAtar game")
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{(args.out / 'ablation.db').resolve()}"
+    # one study per grid: Optuna's grid cannot change inside a study
+    name = "ablation-" + hashlib.sha1("\n".join([*grid(args), str(args.total_steps), *args.train_flags])
+                                      .encode()).hexdigest()[:10]
+    import optuna
+
+    study = open_study(storage, name, "maximize", "none", optuna.samplers.GridSampler({"cell": grid(args)}, seed=0),
+                       retry_failed=True)
+    if not args.report_only:
+        print(f"machine: {machine()}; study {name} in {storage}", flush=True)
+        work(study, args)
+        failed = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
+        if failed:
+            raise UserError(f"bench.ablation: {len(failed)} cells failed: {'; '.join(failed)}")
+    results = report(study, args)
+    atomic_write_text(args.out / "ablation.json", json.dumps(results, indent=2) + "\n")
+    if results["games"]:
+        plot(results, args.out / "ablation.png")
+    print(f"wrote {args.out / 'ablation.json'}" + (f" and {args.out / 'ablation.png'}" if results["games"] else ""))
+
+
+if __name__ == "__main__":
+    run_cli(lambda _: main() or 0)  # a failed write or an unreachable storage: one line, exit 1
