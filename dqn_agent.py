@@ -303,8 +303,9 @@ class DeepQLearning:
     # ---------------------------------------------------------------------------------- acting
     def q_values(self, states: np.ndarray, noisy: bool = False) -> np.ndarray:
         """Q(s, .; theta) of a batch of states, shape (B, num_actions): the main network's function, computed
-        by `networks.NumpyForward` for an MLP and by one compiled call for a CNN (both always in step with
-        the network's weights). A distributional network's Q is its distribution's mean, sum_j z_j p_j(s, a).
+        by `networks.NumpyForward` for an MLP or MinAtar's CNN and by one compiled call for the Nature CNN (both
+        always in step with the network's weights). A distributional network's Q is its distribution's mean,
+        sum_j z_j p_j(s, a).
 
         :param noisy: noisy networks draw fresh noise, as when exploring (default: the mean weights, as greedy
             evaluation uses; without noisy layers the two are the same).

@@ -2,9 +2,9 @@
 
 A Q-network maps an observation to one Q-value per action. Which network is built follows from the
 observation: a multilayer perceptron for a vector, a convolutional network for an image.
-`NumpyForward` computes the same function as a network of Dense layers from that network's own layers
-and weights, because one state through Keras costs about a hundred times more than the whole
-computation (see ``python -m bench.costs``).
+`NumpyForward` computes the same function from that network's own layers and weights, for the MLPs and
+MinAtar's small CNN, because one state through Keras costs about a hundred times more than the whole
+computation (see ``python -m bench.costs``); the Nature CNN acts in one compiled call.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from dqn_config import DQNConfig
+
+# Acting computes Q in NumPy for networks of at most this many multiply-adds per state (see `NumpyForward.supports`)
+NUMPY_MAX_MULTIPLY_ADDS = 1_000_000
 
 # The activations `NumpyForward` can compute, by the name Keras gives them.
 NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -243,12 +247,46 @@ def _dueling(head: DuelingHead) -> NumpyLayer:
     return dueling
 
 
+def _conv2d(layer: keras.layers.Conv2D) -> NumpyLayer:
+    """`Conv2D` in NumPy (valid padding, channels last): each output pixel's window of the input, flattened, times
+    the kernel flattened alike, as one matrix product."""
+    function, (stride_y, stride_x) = NUMPY_ACTIVATIONS[layer.activation.__name__], layer.strides
+
+    def conv2d(x: np.ndarray, weights: list[np.ndarray], _: object) -> np.ndarray:
+        kernel, bias = weights
+        height, width, channels, filters = kernel.shape
+        windows = sliding_window_view(x, (height, width), axis=(1, 2))[:, ::stride_y, ::stride_x]  # (B, H, W, C, h, w)
+        rows = windows.reshape(-1, channels * height * width)
+        flat_kernel = kernel.transpose(2, 0, 1, 3).reshape(channels * height * width, filters)
+        return function((rows @ flat_kernel).reshape(*windows.shape[:3], filters) + bias)
+    return conv2d
+
+
 def _numpy_layer(layer: keras.layers.Layer) -> NumpyLayer:
     if isinstance(layer, DuelingHead):
         return _dueling(layer)
     if isinstance(layer, keras.layers.Reshape):
         return lambda x, _, __: x.reshape(len(x), *layer.target_shape)
+    if isinstance(layer, keras.layers.Flatten):
+        return lambda x, _, __: x.reshape(len(x), -1)
+    if isinstance(layer, keras.layers.Rescaling):
+        return lambda x, _, __: x * np.float32(layer.scale) + np.float32(layer.offset)
+    if isinstance(layer, keras.layers.Conv2D):
+        return _conv2d(layer)
     return (_noisy_dense if isinstance(layer, NoisyDense) else _dense)(layer.activation.__name__)
+
+
+def multiply_adds(network: keras.Model) -> int:
+    """Multiply-adds of one state through the network's dense and convolutional layers."""
+    total = 0
+    for layer in network.layers:
+        kernels = [w for w in layer.weights if len(w.shape) >= 2]
+        if isinstance(layer, keras.layers.Conv2D):
+            total += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
+        else:
+            total += sum(int(np.prod(kernel.shape)) for kernel in kernels[::2 if isinstance(layer, NoisyDense) or (
+                isinstance(layer, DuelingHead) and layer.noisy is not None) else 1])
+    return total
 
 
 class NumpyForward:
@@ -272,11 +310,18 @@ class NumpyForward:
 
     @staticmethod
     def supports(network: keras.Model) -> bool:
-        """Whether every layer is Dense or NoisyDense with an activation NumPy computes here, a `DuelingHead`, or a
-        `Reshape`."""
-        return all(isinstance(layer, DuelingHead | keras.layers.Reshape) or (
-            isinstance(layer, keras.layers.Dense | NoisyDense) and layer.activation.__name__ in NUMPY_ACTIVATIONS)
-            for layer in network.layers)
+        """Whether NumPy computes every layer here (Dense, NoisyDense and valid-padded Conv2D with an activation of
+        `NUMPY_ACTIVATIONS`, a `DuelingHead`, Reshape, Flatten, Rescaling) and is the faster for this network: a
+        call into TensorFlow costs about 3 ms here whatever the network, NumPy's matrix products a few microseconds
+        per 10,000 multiply-adds, so NumPy acts for networks of up to a million (the MLPs, 170,000 for MinAtar's
+        CNN) and one compiled call for larger ones (the Nature CNN's 9 million)."""
+        computable = all(isinstance(layer, DuelingHead | keras.layers.Reshape | keras.layers.Flatten
+                                    | keras.layers.Rescaling)
+                         or (isinstance(layer, keras.layers.Dense | NoisyDense | keras.layers.Conv2D)
+                             and layer.activation.__name__ in NUMPY_ACTIVATIONS
+                             and getattr(layer, "padding", "valid") == "valid")
+                         for layer in network.layers)
+        return computable and multiply_adds(network) <= NUMPY_MAX_MULTIPLY_ADDS
 
     def read_weights(self, weights: list[np.ndarray] | None = None) -> None:
         """Take the network's weights, layer by layer.

@@ -3,9 +3,10 @@
     python -m bench.costs
 
 Times each call on the default agent (64-64, batch 64) with a replay buffer of 35,000 CartPole-v1
-transitions (the size at which the defaults solve it), median of 5 rounds. Then drawing a minibatch from
-100,000 transitions, uniformly and by priority (prioritized replay's sum tree), and a prioritized training
-phase, which draws each minibatch after the previous step's priorities are in.
+transitions (the size at which the defaults solve it), median of 5 rounds. Then acting with noisy networks and
+with C51's atoms (the NumPy forward pass computes both), drawing a minibatch from 100,000 transitions,
+uniformly and by priority (prioritized replay's sum tree), and a prioritized training phase (its minibatches
+drawn at once, their priorities updated after it: the default ``priority_updates = "phase"``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from bench.timed import machine
 from common import import_agent_class
+from dqn_config import DQNConfig
 from environments import make_env
 
 
@@ -35,8 +37,6 @@ def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> floa
 
 def replay_rows(agent_class: type, env: object, size: int = 100_000) -> list[tuple[str, float]]:
     """Sampling from `size` random CartPole transitions, uniform and prioritized, and a prioritized phase."""
-    from dqn_config import DQNConfig
-
     agents = {kind: agent_class(env.observation_space.shape, int(env.action_space.n),
                                 DQNConfig(buffer_size=size, batch_size=64, prioritized_replay=kind == "prioritized"))
               for kind in ("uniform", "prioritized")}
@@ -89,6 +89,11 @@ def main() -> None:
          milliseconds(lambda: agent.training_phase(128), 10, per=128)),
         ("`update_target_network()`", milliseconds(agent.update_target_network, 500)),
     ]
+    for name, overrides in (("noisy networks", {"noisy_nets": True}),
+                            ("C51, 51 atoms", {"distributional": True, "loss": "cross_entropy"})):
+        other = agent_class(env.observation_space.shape, int(env.action_space.n), DQNConfig(**overrides))
+        rows.append((f"`act(state, 0)` with {name}: NumPy forward pass", milliseconds(lambda a=other: a.act(state, 0.0),
+                                                                                      5000)))
     rows += replay_rows(agent_class, env)
     print(f"machine: {machine()}")
     print("| call | ms |\n|---|---|")

@@ -87,16 +87,24 @@ def test_noisy_acting_explores_by_its_noise_and_greedy_evaluation_acts_on_the_me
     assert not np.allclose(noisy, agent.q_values(state[None]))
 
 
-def test_a_cnn_agent_acts_with_one_compiled_call_noise_and_atoms_included():
-    config = DQNConfig(network="minatar_cnn", noisy_nets=True, distributional=True, loss="cross_entropy",
-                       num_atoms=7, dueling=True, batch_size=4)
-    agent = DeepQLearning((10, 10, 4), 3, config)
-    assert not isinstance(agent._forward, NumpyForward)
-    states = np.random.default_rng(0).integers(0, 2, size=(5, 10, 10, 4)).astype(np.uint8) * 255
+@pytest.mark.parametrize(("shape", "network", "numpy"), [((10, 10, 4), "minatar_cnn", True),
+                                                       ((84, 84, 4), "nature_cnn", False)])
+def test_a_cnn_agent_acts_as_its_network_does_noise_and_atoms_included(shape, network, numpy):
+    # MinAtar's small CNN acts in NumPy (a convolution as one matrix product), the Nature CNN in one compiled call
+    config = DQNConfig(network=network, noisy_nets=True, distributional=True, loss="cross_entropy", num_atoms=7,
+                       dueling=True, batch_size=4)
+    agent = DeepQLearning(shape, 3, config)
+    assert isinstance(agent._forward, NumpyForward) == numpy
+    states = np.random.default_rng(0).integers(0, 256, size=(5, *shape)).astype(np.uint8)
     np.testing.assert_allclose(agent.q_values(states), agent.expected_q(agent.main_network(states)).numpy(),
                                rtol=1e-5, atol=1e-5)
     assert agent.main_network(states).shape == (5, 3, 7)
     assert not np.allclose(agent.q_values(states, noisy=True), agent.q_values(states))
+    for _ in range(8):  # and after training, with the weights the phase hands back
+        agent.remember(states[0], 1, 1.0, states[1], False)
+    agent.training_phase(2)
+    np.testing.assert_allclose(agent.q_values(states), agent.expected_q(agent.main_network(states)).numpy(),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_a_distributional_agent_learns_the_return_of_a_terminal_transition():
