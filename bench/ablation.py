@@ -47,13 +47,13 @@ GAMES = ["MinAtar/Asterix-v1", "MinAtar/Breakout-v1", "MinAtar/Freeway-v1", "Min
 
 
 def variants() -> dict[str, list[str]]:
-    """Each variant's train.py flags: DQN is the MinAtar preset, Rainbow ``--agent rainbow``, and each ablation
-    Rainbow with one component off (and what that component had replaced back: epsilon-greedy exploration for
-    the noisy networks, the MinAtar preset's loss for C51)."""
+    """Each variant's train.py flags: DQN is the MinAtar preset with one-step targets, Rainbow ``--agent rainbow``,
+    and each ablation Rainbow with one component off (and what that component had replaced back: epsilon-greedy
+    exploration for the noisy networks, the MinAtar preset's loss for C51)."""
     dqn = find_preset(GAMES[0]).config
     rainbow = ["--agent", "rainbow"]
     return {
-        "DQN": [],
+        "DQN": ["--n-step", "1"],  # the MinAtar preset's own 3-step returns off: DQN as the Nature paper has it
         "Rainbow": rainbow,
         "Rainbow - Double": [*rainbow, "--no-double-dqn"],
         "Rainbow - dueling": [*rainbow, "--no-dueling"],
