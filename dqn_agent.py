@@ -225,6 +225,12 @@ def project_distribution(rewards: tf.Tensor, discounts: tf.Tensor, probabilities
     return ops.sum(probabilities[:, :, None] * nearness, axis=1)  # sum over j: (B, N) onto atoms i
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """A distributional network's probabilities from its logits, over the last axis (the atoms), in NumPy."""
+    exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
 LOSS_FUNCTIONS = {"mse": masked_mse_loss, "huber": masked_huber_loss, "cross_entropy": masked_cross_entropy_loss}
 
 
@@ -311,10 +317,7 @@ class DeepQLearning:
             evaluation uses; without noisy layers the two are the same).
         """
         outputs = self._forward(states, self.rng if noisy and self.config.noisy_nets else None)
-        if self.config.distributional:
-            probabilities = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
-            return (probabilities / probabilities.sum(axis=-1, keepdims=True)) @ self.support
-        return outputs
+        return softmax(outputs) @ self.support if self.config.distributional else outputs
 
     def distribution_entropy(self, states: np.ndarray) -> float:
         """A distributional agent's mean entropy, -sum_j p_j log p_j, of the greedy action's predicted return
@@ -322,9 +325,7 @@ class DeepQLearning:
 
         :param states: a batch of observations.
         """
-        logits = self._forward(states, None)
-        probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        probabilities = softmax(self._forward(states, None))
         greedy = probabilities[np.arange(len(states)), np.argmax(probabilities @ self.support, axis=1)]
         return float(-(greedy * np.log(np.maximum(greedy, 1e-12))).sum(axis=-1).mean())
 

@@ -277,15 +277,13 @@ def _numpy_layer(layer: keras.layers.Layer) -> NumpyLayer:
 
 
 def multiply_adds(network: keras.Model) -> int:
-    """Multiply-adds of one state through the network's dense and convolutional layers."""
+    """Multiply-adds of one state through the network's dense and convolutional layers (a noisy layer's sigma
+    kernel counted too: it is a second matrix product)."""
     total = 0
     for layer in network.layers:
-        kernels = [w for w in layer.weights if len(w.shape) >= 2]
-        if isinstance(layer, keras.layers.Conv2D):
-            total += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
-        else:
-            total += sum(int(np.prod(kernel.shape)) for kernel in kernels[::2 if isinstance(layer, NoisyDense) or (
-                isinstance(layer, DuelingHead) and layer.noisy is not None) else 1])
+        kernels = [int(np.prod(w.shape)) for w in layer.weights if len(w.shape) >= 2]
+        pixels = int(np.prod(layer.output.shape[1:3])) if isinstance(layer, keras.layers.Conv2D) else 1
+        total += pixels * sum(kernels)
     return total
 
 
