@@ -105,10 +105,13 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -287,11 +290,12 @@ class DeepQLearning:
         self.memory = ReplayMemory(self.config.buffer_size, self.config.n_step, self.config.gamma,
                                    self.config.prioritized_replay, self.config.priority_alpha,
                                    self.config.priority_epsilon)
-        self._forward = NumpyForward(self.main_network) if NumpyForward.supports(self.main_network) \
-            else self._compile_forward()
-        self._training_phase = self._compile_training_phase()
-        self._train_step = self._compile_train_step() if self.config.prioritized_replay and \
-            self.config.priority_updates == "step" else None
+        with _interrupts_held():
+            self._forward = NumpyForward(self.main_network) if NumpyForward.supports(self.main_network) \
+                else self._compile_forward()
+            self._training_phase = self._compile_training_phase()
+            self._train_step = self._compile_train_step() if self.config.prioritized_replay and \
+                self.config.priority_updates == "step" else None
 
     @property
     def noise_generators(self) -> list[keras.random.SeedGenerator]:
@@ -591,3 +595,26 @@ class DeepQLearning:
         forward = {noisy: tf.function(lambda states, noisy=noisy: self.main_network(states, training=noisy))
                    .get_concrete_function(spec) for noisy in (False, True)}
         return lambda states, rng: forward[rng is not None](tf.constant(states, tf.uint8)).numpy()
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while TensorFlow traces the compiled functions, then deliver them.
+
+    A KeyboardInterrupt raised inside tracing can surface from TensorFlow's C++ as a ``SystemError`` instead
+    (seen once in CI: "bad argument to internal function"), which a command cannot tell from a crash. Held
+    here, a signal that arrives while tracing stops the program as soon as tracing is done, as Ctrl-C does.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield
+        return
+    held: list[int] = []
+    handlers = {name: signal.signal(name, lambda signum, frame: held.append(signum))
+                for name in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(name) is not None}
+    try:
+        yield
+    finally:
+        for name, handler in handlers.items():
+            signal.signal(name, handler)
+        if held:
+            signal.raise_signal(held[0])

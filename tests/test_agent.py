@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import keras
 import numpy as np
 import pytest
@@ -255,3 +258,22 @@ def test_a_phase_of_prioritized_replay_can_draw_its_minibatches_at_once_and_upda
     _, _, mean_weight = agent.training_phase(3, progress=0.0)
     changed = agent.memory.priorities[np.arange(40)] != 1.0
     assert 0 < changed.sum() <= 12 and 0.0 < mean_weight <= 1.0  # at most 3 minibatches of 4 got new priorities
+
+
+def test_ctrl_c_while_the_agent_compiles_waits_for_tracing_to_finish_then_interrupts(monkeypatch):
+    """A KeyboardInterrupt inside TensorFlow's tracing can come out as a SystemError (seen in CI); held until
+    tracing ends, it comes out as itself."""
+    compiled = []
+    trace = DeepQLearning._compile_training_phase
+
+    def interrupted_trace(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        compiled.append(trace(self))
+        return compiled[-1]
+
+    monkeypatch.setattr(DeepQLearning, "_compile_training_phase", interrupted_trace)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        DeepQLearning((4,), 2, DQNConfig(hidden_sizes=(8,), batch_size=4))
+    assert len(compiled) == 1, "tracing was cut short"
+    assert signal.getsignal(signal.SIGINT) is handler
