@@ -75,6 +75,14 @@ The DQN family, part 2: noisy networks, C51, and Rainbow
     Rainbow (Hessel et al., 2018) is all six at once: Double DQN, dueling, n-step, prioritized replay, noisy
     networks and C51 (``python train.py --agent rainbow``, `presets/rainbow/`).
 
+Learning from few frames: data augmentation
+    DrQ (Kostrikov et al., 2020), ``random_shift``: each training step shifts every image of its minibatch, s and
+    s' alike, by a few pixels at random (`random_shift`: pad with the edge, crop back), so that the network
+    cannot fit the exact pixels of the few frames it has seen. The stored frames never change; the update is
+    DQN's on the shifted images. With n-step returns and an update every step, this is the DrQ agent of the
+    Atari 100k benchmark (``python train.py --env ALE/Pong-v5 --agent drq``); DER (van Hasselt et al., 2019) is
+    Rainbow on that schedule (``--agent der``).
+
 How this file reads
     `DeepQLearning` has one method per step of the algorithm, in the order they happen:
     `act` (epsilon-greedy), `remember`, `sample`, `train_step` (the update, on one screen, with its target
@@ -100,6 +108,10 @@ References
     - M. Fortunato et al., "Noisy Networks for Exploration", ICLR 2018.
     - M. G. Bellemare, W. Dabney, R. Munos, "A Distributional Perspective on Reinforcement Learning", ICML 2017.
     - M. Hessel et al., "Rainbow: Combining Improvements in Deep Reinforcement Learning", AAAI 2018.
+    - I. Kostrikov, D. Yarats, R. Fergus, "Image Augmentation Is All You Need: Regularizing Deep Reinforcement
+      Learning from Pixels", ICLR 2021.
+    - H. van Hasselt, M. Hessel, J. Aslanides, "When to use parametric models in reinforcement learning?",
+      NeurIPS 2019.
     - A. Raffin et al., RL Baselines3 Zoo: the tuned hyperparameters the presets start from.
 """
 
@@ -228,6 +240,27 @@ def project_distribution(rewards: tf.Tensor, discounts: tf.Tensor, probabilities
     return ops.sum(probabilities[:, :, None] * nearness, axis=1)  # sum over j: (B, N) onto atoms i
 
 
+def random_shift(images: tf.Tensor, pad: int, seed: keras.random.SeedGenerator) -> tf.Tensor:
+    """DrQ's augmentation (Kostrikov et al., 2020): each image of a batch padded by `pad` pixels that repeat its
+    edge, then cropped back to its size at a random offset, the offset drawn afresh for every image.
+
+    Cropping at offset (dy, dx) in [0, 2 pad] reads pixel (y + dy - pad, x + dx - pad) of the image, clipped to its
+    edge, which is what the edge padding holds there: so each image is two gathers, of its shifted rows and of its
+    shifted columns, and no padded copy is made. Integer pixels stay integers (uint8 in, uint8 out).
+
+    :param images: a batch of images, shape (B, H, W, C).
+    :param pad: the largest shift, in pixels (DrQ: 4 on 84x84 Atari frames).
+    :param seed: the generator of the shifts.
+    :return: the shifted images, same shape and dtype.
+    """
+    height, width = images.shape[1], images.shape[2]
+    shifts = keras.random.randint((ops.shape(images)[0], 2), -pad, pad + 1, seed=seed)
+    rows = ops.clip(ops.arange(height)[None, :] + shifts[:, :1], 0, height - 1)  # (B, H): the rows each image reads
+    columns = ops.clip(ops.arange(width)[None, :] + shifts[:, 1:], 0, width - 1)
+    shifted_rows = tf.gather(images, rows, axis=1, batch_dims=1)
+    return tf.gather(shifted_rows, columns, axis=2, batch_dims=1)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """A distributional network's probabilities from its logits, over the last axis (the atoms), in NumPy."""
     exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -283,6 +316,7 @@ class DeepQLearning:
         self.target_network = build_q_network(self.observation_shape, num_actions, self.config, "target")
         self.target_network.set_weights(self.main_network.get_weights())
         self.optimizer = self._build_optimizer()
+        self.augmentation_seed = keras.random.SeedGenerator(seed) if self.config.random_shift else None
         self.loss_function = LOSS_FUNCTIONS[self.config.loss]
         # C51's atoms z_0 .. z_{N-1}: the returns a distributional network puts its probabilities on
         self.support = np.linspace(self.config.v_min, self.config.v_max, self.config.num_atoms, dtype=np.float32) \
@@ -299,8 +333,10 @@ class DeepQLearning:
 
     @property
     def noise_generators(self) -> list[keras.random.SeedGenerator]:
-        """The random generators of both networks' noisy layers (none without noisy networks)."""
-        return noise_generators(self.main_network) + noise_generators(self.target_network)
+        """The random generators of the training step: both networks' noisy layers (none without noisy networks),
+        and the augmentation's shifts (with `random_shift`); a checkpoint keeps their states."""
+        augmentation = [self.augmentation_seed] if self.augmentation_seed else []
+        return noise_generators(self.main_network) + noise_generators(self.target_network) + augmentation
 
     def _build_optimizer(self) -> keras.optimizers.Optimizer:
         """Adam, or RMSprop as in the Nature paper (decay 0.95, centred, `rmsprop_epsilon` under the square root);
@@ -308,7 +344,8 @@ class DeepQLearning:
         if self.config.optimizer == "rmsprop":
             return keras.optimizers.RMSprop(self.config.learning_rate, rho=0.95, epsilon=self.config.rmsprop_epsilon,
                                             centered=True, global_clipnorm=self.config.max_grad_norm)
-        return keras.optimizers.Adam(self.config.learning_rate, global_clipnorm=self.config.max_grad_norm)
+        return keras.optimizers.Adam(self.config.learning_rate, epsilon=self.config.adam_epsilon,
+                                     global_clipnorm=self.config.max_grad_norm)
 
     # ---------------------------------------------------------------------------------- acting
     def q_values(self, states: np.ndarray, noisy: bool = False) -> np.ndarray:
@@ -424,6 +461,12 @@ class DeepQLearning:
         Runs inside the compiled `training_phase`; on its own (eagerly) it changes the main network's
         variables without refreshing acting's copy of them, so call `training_phase` to train.
         """
+        # 0. DrQ's augmentation: s and s' each shifted by a few pixels, at random per image (the stored frames stay)
+        if self.config.random_shift:
+            batch = batch._replace(
+                states=random_shift(batch.states, self.config.random_shift, self.augmentation_seed),
+                next_states=random_shift(batch.next_states, self.config.random_shift, self.augmentation_seed))
+
         # 1. the target, held fixed: no gradient flows into it
         if self.config.distributional:  # C51: the distribution of R + gamma^k Z(s', a'), projected onto the atoms
             targets = ops.stop_gradient(self.target_distribution(batch))

@@ -60,6 +60,8 @@ class DQNConfig:
     double_dqn: bool = _param(True, "choose a' with the main network and value it with the target network")
     max_grad_norm: float = _param(10.0, "clip the global gradient norm to this value")
     optimizer: str = _param("adam", "adam, or rmsprop as in the Nature paper (decay 0.95, centred)")
+    adam_epsilon: float = _param(1e-7, "Adam's epsilon, added to the root mean square (Keras's default; the "
+                                 "data-efficient Atari agents use 1.5e-4)")
     rmsprop_epsilon: float = _param(0.01, "RMSprop's epsilon, added to the mean square inside the square root as "
                                     "in the Nature paper and Keras (PyTorch adds it outside: its 0.01 is about "
                                     "1e-4 here)")
@@ -90,17 +92,24 @@ class DQNConfig:
     num_atoms: int = _param(51, "distributional: atoms of the support, evenly spaced from v_min to v_max")
     v_min: float = _param(-10.0, "distributional: the smallest return the support holds")
     v_max: float = _param(10.0, "distributional: the largest return the support holds")
+    random_shift: int = _param(0, "DrQ's augmentation (Kostrikov et al., 2020): each training step shifts every "
+                               "image of its minibatch (s and s') by up to this many pixels, as padding it with "
+                               "its edge and cropping it back at a random place does; stored frames are never "
+                               "changed (0: off; DrQ uses 4)")
+    terminal_on_life_loss: bool = _param(False, "learn as if losing a life ended the episode (the Atari 100k "
+                                         "protocol): that transition does not bootstrap, while the episode and "
+                                         "its score go on to the game's end")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         if not self.hidden_sizes or any(units <= 0 for units in self.hidden_sizes):
             raise ConfigError("hidden_sizes", f"must be one or more positive sizes, got {list(self.hidden_sizes)}")
         for name in ("learning_rate", "buffer_size", "batch_size", "train_frequency", "gradient_steps",
-                     "target_update_interval", "max_grad_norm", "rmsprop_epsilon", "n_step", "priority_epsilon",
-                     "noisy_sigma"):
+                     "target_update_interval", "max_grad_norm", "rmsprop_epsilon", "adam_epsilon", "n_step",
+                     "priority_epsilon", "noisy_sigma"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("learning_starts", "epsilon_decay_steps"):
+        for name in ("learning_starts", "epsilon_decay_steps", "random_shift"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be zero or positive, got {getattr(self, name)}")
         for name in ("gamma", "epsilon_start", "epsilon_end", "priority_alpha", "priority_beta_start"):
@@ -139,6 +148,8 @@ class DQNConfig:
             choice = "mlp" if len(shape) == 1 else "nature_cnn" if fits["nature_cnn"] else "minatar_cnn"
         if not fits[choice]:
             raise ConfigError("network", f"{choice} cannot take observations of shape {shape}")
+        if self.random_shift and len(shape) != 3:
+            raise ConfigError("random_shift", f"shifts images, and observations of shape {shape} are not images")
         return choice
 
     def to_dict(self) -> dict[str, Any]:

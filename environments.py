@@ -76,14 +76,22 @@ def _register_family(env_id: str) -> dict[str, Any]:
     return {}
 
 
-def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+def make_env(env_id: str, render_mode: str | None = None, sticky_actions: float | None = None) -> gym.Env:
     """``gymnasium.make(env_id)`` with its family's preprocessing, accepted only if the agent can take it.
 
+    :param sticky_actions: an Atari game's chance of repeating the previous action instead of the new one, at
+        each frame (ALE's ``repeat_action_probability``; None: the environment's own, 0.25 for v5 games).
     :raises UserError: for an unknown id, a missing package, or an environment DQN here cannot handle.
     """
     if render_mode == "rgb_array":
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames only, no window: SDL needs no display
     kwargs = _register_family(env_id)
+    if sticky_actions is not None:
+        if not env_id.startswith("ALE/"):
+            raise UserError(f"sticky actions are a setting of Atari games (ALE/...), not of {env_id}")
+        if not 0.0 <= sticky_actions <= 1.0:
+            raise UserError(f"sticky actions must be a probability in [0, 1], got {sticky_actions}")
+        kwargs["repeat_action_probability"] = sticky_actions
     try:
         env = gym.make(env_id, render_mode=render_mode, **kwargs)
     except gym.error.DependencyNotInstalled as error:

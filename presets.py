@@ -20,14 +20,31 @@ from common import UserError, atomic_write_text
 from dqn_config import ConfigError, DQNConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-# Rainbow's presets (``train.py --agent rainbow``): each goes over the environment's own preset
-RAINBOW_PRESETS_DIR = PRESETS_DIR / "rainbow"
+# The agents of ``train.py --agent``, besides the environment's own DQN preset: each agent's presets, in
+# presets/AGENT/, go over the environment's own preset
+AGENTS = {
+    "dqn": "the environment's preset (presets/)",
+    "rainbow": "Rainbow (Hessel et al., 2018): all six extensions on, Double DQN, dueling, n-step, prioritized "
+               "replay, noisy networks and distributional C51 (presets/rainbow/)",
+    "der": "Data-efficient Rainbow for the Atari 100k benchmark (van Hasselt et al., 2019): Rainbow updated every "
+           "step, 10-step returns (presets/der/)",
+    "drq": "DrQ(epsilon) for the Atari 100k benchmark (Kostrikov et al., 2020; Agarwal et al., 2021): DQN with "
+           "random-shift augmentation, 10-step returns, updated every step (presets/drq/)",
+}
 
 # The run settings a preset may set, with the type each must have.
 RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
     "total_steps": int, "eval_interval": int, "eval_episodes": int, "final_eval_episodes": int,
-    "confirm_episodes": int, "reward_threshold": (int, float),
+    "confirm_episodes": int, "reward_threshold": (int, float), "keep_best": bool, "eval_epsilon": (int, float),
+    "sticky_actions": (int, float),
 }
+PROBABILITY_RUN_FIELDS = ("eval_epsilon", "sticky_actions")
+
+
+def agent_presets_dir(agent: str) -> Path:
+    """The folder of an agent's presets (`AGENTS`), laid over the environment's own; the environment's own
+    presets for ``dqn``."""
+    return PRESETS_DIR if agent == "dqn" else PRESETS_DIR / agent
 SECTIONS = {"env_ids", "source", "run", "config"}
 
 
@@ -101,9 +118,16 @@ def read_preset(path: Path) -> Preset:
     for name, value in run.items():
         if name not in RUN_FIELDS:
             raise PresetError(path, f"run.{name}", f"is not a run setting (settings: {', '.join(RUN_FIELDS)})")
-        if isinstance(value, bool) or not isinstance(value, RUN_FIELDS[name]):
+        kind = RUN_FIELDS[name]
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise PresetError(path, f"run.{name}", f"must be true or false, got {value!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
             raise PresetError(path, f"run.{name}", f"must be a number, got {value!r}")
-        if name != "reward_threshold" and value <= 0:
+        if name in PROBABILITY_RUN_FIELDS and not 0 <= value <= 1:
+            raise PresetError(path, f"run.{name}", f"must be in [0, 1], got {value}")
+        if name not in ("reward_threshold", *PROBABILITY_RUN_FIELDS) and value <= 0:
             raise PresetError(path, f"run.{name}", f"must be positive, got {value}")
     defaults = DQNConfig().to_dict()
     for name, value in config.items():

@@ -60,10 +60,11 @@ from common import (
 from dqn_config import LOSSES, NETWORKS, OPTIMIZERS, PRIORITY_UPDATES, ConfigError, DQNConfig, implied_by_switches
 from environments import make_env, reward_threshold
 from presets import (
+    AGENTS,
     PRESETS_DIR,
-    RAINBOW_PRESETS_DIR,
     RUN_FIELDS,
     PresetError,
+    agent_presets_dir,
     all_presets,
     find_preset,
     read_preset,
@@ -90,6 +91,10 @@ class RunSettings:
     (`lower_confidence_bound`) reaches it too.
     `checkpoint_buffer` puts the replay buffer in each checkpoint, so that a resumed run is bit for bit
     the run never stopped.
+    `keep_best` keeps the best evaluated weights; without it, the weights saved are the last evaluated ones (a
+    benchmark such as Atari 100k scores the agent as training left it). `eval_epsilon` is the chance of a random
+    action in every evaluation (0: greedy). `sticky_actions` is an Atari game's chance of repeating the last
+    action instead of the new one (None: the environment's own, 0.25 for ALE v5).
     """
 
     env_id: str = "CartPole-v1"
@@ -103,6 +108,9 @@ class RunSettings:
     out: Path = Path("models/CartPole-v1")
     checkpoint_buffer: bool = False
     agent: str = "dqn"
+    keep_best: bool = True
+    eval_epsilon: float = 0.0
+    sticky_actions: float | None = None
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "out": str(self.out)}
@@ -138,7 +146,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
     """The DQN training loop: act, remember, learn, update the target, evaluate, keep the best.
 
     Saves the best evaluated weights to ``STEM.weights.h5`` as they improve (scored by their
-    confirmation where they have one), and a checkpoint to ``STEM.checkpoint.h5`` at every evaluation.
+    confirmation where they have one; every evaluated weights without ``settings.keep_best``), and a checkpoint
+    to ``STEM.checkpoint.h5`` at every evaluation.
     Stops early once an evaluation reaches ``settings.reward_threshold`` and its confirmation's lower confidence
     bound does too.
     Ctrl-C stops the loop and keeps what it has.
@@ -156,9 +165,9 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
 
     config = agent.config
     description = describe(agent, settings.env_id, settings.seed)
-    eval_env = make_env(settings.env_id)
+    eval_env = make_env(settings.env_id, sticky_actions=settings.sticky_actions)
     result = TrainingResult()
-    env, state = make_env(settings.env_id), None
+    env, state = make_env(settings.env_id, sticky_actions=settings.sticky_actions), None
     episode_return, episode_length, learning_starts = 0.0, 0, config.learning_starts
     if resumed is not None:
         result = TrainingResult(**resumed.state["result"])
@@ -166,11 +175,13 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
             env.close()
             env, state = resumed.env, resumed.observation
             episode_return, episode_length = resumed.state["loop"]["episode"]
+            lives = resumed.state["loop"].get("lives", 0)  # an Atari game's lives left (older checkpoints: 0)
         learning_starts = resumed.state["loop"]["learning_starts"]
         if not len(agent.replay_buffer):  # no buffer in the checkpoint: refill it before learning again
             learning_starts = result.steps + max(config.learning_starts, config.batch_size)
     if state is None:
-        state, _ = env.reset(seed=settings.seed + result.steps)
+        state, info = env.reset(seed=settings.seed + result.steps)
+        lives = int(info.get("lives", 0))
     start = time.perf_counter() - result.seconds
     bar = tqdm(total=settings.total_steps, initial=result.steps, unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
@@ -181,8 +192,10 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
         for step in range(result.steps + 1, settings.total_steps + 1):
             epsilon = agent.epsilon(step)
             action = agent.act(state, epsilon)
-            next_state, reward, terminated, truncated, _ = env.step(action)
-            agent.remember(state, action, float(reward), next_state, terminated, truncated)
+            next_state, reward, terminated, truncated, info = env.step(action)
+            life_lost = config.terminal_on_life_loss and info.get("lives", lives) < lives
+            lives = int(info.get("lives", lives))
+            agent.remember(state, action, float(reward), next_state, terminated or life_lost, truncated)
             state = next_state
             episode_return += float(reward)
             episode_length += 1
@@ -195,10 +208,10 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                     log.scalar("episode/epsilon", step, epsilon)
                 bar.set_postfix(ret=f"{episode_return:.0f}", eval=last_eval_shown, eps=f"{epsilon:.2f}",
                                 refresh=False)
-                state, _ = env.reset()
-                episode_return, episode_length = 0.0, 0
+                state, info = env.reset()
+                episode_return, episode_length, lives = 0.0, 0, int(info.get("lives", 0))
 
-            if step > learning_starts and step % config.train_frequency == 0:
+            if step > learning_starts and step % config.train_frequency == 0 and agent.replay_buffer:
                 loss, mean_max_q, mean_weight = agent.training_phase(config.gradient_steps, step / settings.total_steps)
                 if log:
                     log.scalar("train/loss", step, loss)
@@ -215,12 +228,13 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
 
             if step % settings.eval_interval == 0 or step == settings.total_steps:
                 eval_start = time.perf_counter()
-                evaluation = evaluate_checkpoint(agent.greedy_action, eval_env, settings, step)
+                evaluation = evaluate_checkpoint(evaluation_policy(agent, settings), eval_env, settings, step)
                 result.eval_seconds += time.perf_counter() - eval_start
                 result.evaluations.append(evaluation)
                 last_eval_shown = f"{evaluation['mean']:.0f}"
                 score, confirmed = evaluation_score(evaluation)
-                if score > result.best_eval_mean:  # keep the best: a later collapse never overwrites it
+                if score > result.best_eval_mean or not settings.keep_best:  # a later collapse never overwrites
+                    # the best weights (unless the run keeps the last)
                     save_agent(agent, weights_path(settings.out), description)
                     result.best_eval_mean, result.best_eval_step = score, step
                     result.best_eval_confirmed = confirmed
@@ -230,7 +244,7 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                     result.stop_reason = (f"solved: evaluation reached {settings.reward_threshold:g}, confirmed over "
                                           f"{settings.confirm_episodes} episodes (mean minus three standard errors)")
                 result.steps, result.seconds = step, time.perf_counter() - start
-                loop = {"episode": [episode_return, episode_length], "learning_starts": learning_starts,
+                loop = {"episode": [episode_return, episode_length], "lives": lives, "learning_starts": learning_starts,
                         "tensorboard": log and str(log.directory)}
                 save_checkpoint(checkpoint_path(settings.out), agent,
                                 {"settings": settings.to_dict(), "config": config.to_dict(), "loop": loop,
@@ -374,7 +388,6 @@ def library_versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ the command
-AGENTS = ("dqn", "rainbow")
 CHOICES = {"loss": LOSSES, "optimizer": OPTIMIZERS, "network": NETWORKS, "priority_updates": PRIORITY_UPDATES}
 
 
@@ -386,7 +399,7 @@ class ListPresets(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         print(f"{'preset file':<28}{'environments':<18}{'steps':>8}  where the numbers come from")
-        for preset in all_presets() + all_presets(RAINBOW_PRESETS_DIR):
+        for preset in [preset for agent in AGENTS for preset in all_presets(agent_presets_dir(agent))]:
             print(f"{'presets/' + preset.path.relative_to(PRESETS_DIR).as_posix():<28}{', '.join(preset.env_ids):<18}"
                   f"{preset.run.get('total_steps', ''):>8}  {preset.source.get('from', '')}")
         parser.exit(0)
@@ -410,9 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a preset file to use instead of the environment's own (see --list-presets)")
     run.add_argument("--list-presets", action=ListPresets, help="list the presets and exit")
     run.add_argument("--agent", choices=AGENTS, default=defaults.agent,
-                     help="dqn: the environment's preset (presets/); rainbow: that preset with the environment's "
-                     "Rainbow preset over it (presets/rainbow/), all six extensions on: Double DQN, dueling, n-step, "
-                     "prioritized replay, noisy networks and distributional C51 (Hessel et al., 2018)")
+                     help="; ".join(f"{name}: {doc}" for name, doc in AGENTS.items()) + ". Each agent's preset for "
+                     "the environment goes over the environment's own preset")
     for name, doc in (("total_steps", "environment steps at most"),
                       ("eval_interval", "environment steps between two greedy evaluations"),
                       ("eval_episodes", "episodes per greedy evaluation"),
@@ -426,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "mean minus three standard errors does too (default: the preset's, else the environment's "
                      "registered threshold, 475 for CartPole-v1)")
     run.add_argument("--no-early-stop", action="store_true", help="train for all --total-steps")
+    run.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep the best evaluated weights; --no-keep-best keeps the last evaluated ones, as a "
+                     "benchmark that scores the agent as training left it does (default: the preset's, else keep "
+                     "the best)")
+    run.add_argument("--eval-epsilon", type=float, default=None,
+                     help="chance of a random action in evaluations (default: the preset's, else 0: greedy)")
+    run.add_argument("--sticky-actions", type=float, default=None, metavar="P",
+                     help="Atari: the chance that the game repeats the previous action instead of the new one "
+                     "(default: the preset's, else the game's own: 0.25 for ALE v5)")
     run.add_argument("--out", type=Path, default=None,
                      help="output stem: writes STEM.weights.h5, .json, .csv and .png (default: models/ENV_ID; a "
                      "trailing .weights.h5 is dropped)")
@@ -504,14 +525,14 @@ def parse_args(argv: list[str] | None) -> Command:
     if preset is None:
         print(f"train.py: no preset for {args.env}: using the CartPole-v1 defaults (--list-presets shows the "
               "presets)", file=sys.stderr)
-    if args.agent == "rainbow":
-        rainbow = find_preset(args.env, RAINBOW_PRESETS_DIR)
-        if rainbow is None:
-            parser.error(f"argument --agent: no Rainbow preset for {args.env} in presets/rainbow/ (it has "
-                         f"{', '.join(p for preset in all_presets(RAINBOW_PRESETS_DIR) for p in preset.env_ids)}); "
-                         "give the switches yourself: --dueling --n-step 3 --prioritized-replay --noisy-nets "
-                         "--distributional")
-        preset = rainbow.over(preset)
+    if args.agent != "dqn":
+        folder = agent_presets_dir(args.agent)
+        agent_preset = find_preset(args.env, folder)
+        if agent_preset is None:
+            parser.error(f"argument --agent: no {args.agent} preset for {args.env} in presets/{folder.name}/ (it "
+                         f"has {', '.join(p for preset in all_presets(folder) for p in preset.env_ids)}); give "
+                         "the switches yourself (--help lists them)")
+        preset = agent_preset.over(preset)
     config_fields = [f.name for f in dataclasses.fields(DQNConfig)]
     flags = {name: given[name] for name in config_fields if name in given}
     try:
@@ -526,6 +547,13 @@ def parse_args(argv: list[str] | None) -> Command:
     for name in ("total_steps", "eval_interval", "eval_episodes", "confirm_episodes", "final_eval_episodes"):
         if run[name] <= 0:
             parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {run[name]}")
+    if not 0.0 <= run["eval_epsilon"] <= 1.0:
+        parser.error(f"argument --eval-epsilon: must be in [0, 1], got {run['eval_epsilon']}")
+    if run["sticky_actions"] is not None:
+        try:
+            make_env(args.env, sticky_actions=run["sticky_actions"]).close()
+        except UserError as error:
+            parser.error(f"argument --sticky-actions: {error}")
     if args.no_early_stop:
         run["reward_threshold"] = None
     elif run["reward_threshold"] is None:
@@ -634,11 +662,22 @@ def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
     return agent
 
 
+def evaluation_policy(agent: DeepQLearning, settings: RunSettings) -> Callable[[np.ndarray], int]:
+    """The policy that evaluations play: the greedy action, or with `settings.eval_epsilon` a random one at that
+    rate, drawn from a generator of the evaluation's own (the same draws at every evaluation, and none taken
+    from training's)."""
+    if not settings.eval_epsilon:
+        return agent.greedy_action
+    rng = np.random.default_rng(settings.seed + EVAL_SEED_OFFSET)
+    return lambda state: int(rng.integers(agent.num_actions)) if rng.random() < settings.eval_epsilon \
+        else agent.greedy_action(state)
+
+
 def final_evaluation(agent: DeepQLearning, settings: RunSettings) -> np.ndarray:
-    """Reload the saved best weights and play ``final_eval_episodes`` greedy episodes on fresh seeds."""
+    """Reload the saved weights and play ``final_eval_episodes`` episodes (`evaluation_policy`) on fresh seeds."""
     agent.load(weights_path(settings.out))
-    env = make_env(settings.env_id)
-    returns = evaluate_policy(env, agent.greedy_action, settings.final_eval_episodes,
+    env = make_env(settings.env_id, sticky_actions=settings.sticky_actions)
+    returns = evaluate_policy(env, evaluation_policy(agent, settings), settings.final_eval_episodes,
                               settings.seed + FINAL_EVAL_SEED_OFFSET)
     env.close()
     return returns
@@ -740,7 +779,8 @@ def train(command: Command, argv: list[str]) -> int:
 
     print(f"{settings.env_id}: {result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s "
           f"({result.steps / result.seconds:.0f} steps/s)")
-    print(f"best evaluation: {result.best_eval_mean:.1f} at step {result.best_eval_step}")
+    kept = "best" if settings.keep_best else "last"
+    print(f"{kept} evaluation: {result.best_eval_mean:.1f} at step {result.best_eval_step}")
     if final_returns is not None:
         print(f"final evaluation of the saved weights: {summarize(final_returns)}")
     print(f"wrote {weights}, {stem.name}.json, {stem.name}.csv, {stem.name}.png, {stem.name}.checkpoint.h5"

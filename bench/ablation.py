@@ -25,7 +25,6 @@ into ``--out``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -33,11 +32,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.timed import machine, run_timed
-from checkpoints import unfinished_run_step
+from bench.grid import finished_results, interval, open_grid, train_cell, work
+from bench.timed import machine
 from common import UserError, atomic_write, atomic_write_text, figure_bytes, run_cli, seed_argument
 from presets import find_preset
-from tune import open_study
 
 if TYPE_CHECKING:
     import optuna
@@ -79,68 +77,17 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict:
     """Train one cell (or continue it from its checkpoint, or keep its finished record); return its result."""
     game, variant, seed = cell.split("|")
     name = "-".join([variant.replace(" - ", "-no-").replace(" ", "-"), game.replace("/", "-"), seed]).lower()
-    stem = args.out / "runs" / name
-    record_path = stem.with_name(stem.name + ".json")
-    timing_path = stem.with_name(stem.name + ".timed.json")
-    if not (record_path.is_file() and timing_path.is_file() and unfinished_run_step(stem) is None):
-        if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
-            command = ["train.py", "--resume", str(stem), "--total-steps", str(args.total_steps), "--no-progress"]
-        else:
-            command = ["train.py", "--env", game, "--seed", seed, "--total-steps", str(args.total_steps),
-                       "--out", str(stem), "--no-progress", "--checkpoint-buffer", *variants()[variant],
-                       *args.train_flags]
-        timed = run_timed(*command)
-        if timed.returncode != 0:  # its own last line, before GNU time's report
-            said = timed.stderr.split("\tCommand being timed")[0].strip().splitlines() or ["no message"]
-            raise RuntimeError(f"{cell}: train.py failed: {said[-1]}")
-        atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
-                                                   "peak_mb": round(timed.peak_mb)}) + "\n")
-    record, timing = json.loads(record_path.read_text()), json.loads(timing_path.read_text())
+    record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
+                                                           *args.train_flags], args.total_steps)
     return {"game": game, "variant": variant, "seed": int(seed), "final": record["final_evaluation"]["mean"],
             "steps_per_second": round(record["steps"] / (record["seconds"] - record["eval_seconds"])), **timing}
 
 
-def work(study: optuna.Study, args: argparse.Namespace) -> None:
-    """Take cells from the study until none is left untaken, `args.jobs` at a time."""
-    import optuna
-
-    cells = grid(args)
-
-    def objective(trial: optuna.Trial) -> float:
-        cell = trial.suggest_categorical("cell", cells)
-        if any(other.number != trial.number and other.params.get("cell") == cell and other.state in
-               (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
-               for other in study.get_trials(deepcopy=False)):  # the grid's last cells, already being run
-            raise optuna.TrialPruned(f"{cell} is taken")
-        try:
-            result = run_cell(cell, args)
-        except RuntimeError as error:
-            trial.set_user_attr("error", str(error))
-            raise
-        for key, value in result.items():
-            trial.set_user_attr(key, value)
-        print(f"{result['game']} {result['variant']} seed {result['seed']}: final {result['final']:.2f}",
-              file=sys.stderr, flush=True)
-        return result["final"]
-
-    if unfinished_cells(study, cells):
-        study.optimize(objective, n_jobs=args.jobs, catch=(RuntimeError,))
-
-
-def unfinished_cells(study: optuna.Study, cells: list[str]) -> set[str]:
-    """The cells with neither a finished trial nor one whose run failed (a stale trial, whose worker died, is
-    neither: Optuna puts its cell back in the queue)."""
-    return set(cells) - {trial.params.get("cell") for trial in study.get_trials(deepcopy=False)
-                         if trial.state.name == "COMPLETE" or "error" in trial.user_attrs}
-
-
 def report(study: optuna.Study, args: argparse.Namespace) -> dict:
     """The finished cells' table, per game and variant, and the IQM across games; printed, and returned."""
-    import optuna
-    from rliable import library, metrics
+    from rliable import metrics
 
-    rows = [trial.user_attrs for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-            if trial.params.get("cell") in set(grid(args))]
+    rows = finished_results(study, grid(args))
     results: dict = {"machine": machine(), "command": " ".join(["python -m bench.ablation", *sys.argv[1:]]),
                      "cells": sorted(rows, key=lambda r: (r["game"], r["variant"], r["seed"])), "games": [],
                      "aggregate": []}
@@ -151,7 +98,7 @@ def report(study: optuna.Study, args: argparse.Namespace) -> dict:
             rates = [r["steps_per_second"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
             if not finals:
                 continue
-            mean, (low, high) = interval(library, metrics.aggregate_mean, np.array(finals)[:, None])
+            mean, (low, high) = interval(metrics.aggregate_mean, np.array(finals)[:, None])
             results["games"].append({"game": game, "variant": variant, "seeds": len(finals), "mean": mean,
                                      "low": low, "high": high, "steps_per_second": float(np.median(rates))})
             print(f"| {game} | {variant} | {len(finals)} | {mean:.2f} | [{low:.2f}, {high:.2f}] | "
@@ -164,7 +111,7 @@ def report(study: optuna.Study, args: argparse.Namespace) -> dict:
             continue
         scores = np.array([[next(r["final"] for r in results["cells"] if (r["game"], r["variant"], r["seed"]) ==
                                  (g, variant, s)) / dqn_mean(results, g) for g in games] for s in args.seeds])
-        iqm, (low, high) = interval(library, metrics.aggregate_iqm, scores)
+        iqm, (low, high) = interval(metrics.aggregate_iqm, scores)
         results["aggregate"].append({"variant": variant, "games": games, "iqm": iqm, "low": low, "high": high})
         print(f"IQM of DQN-normalised finals over {len(games)} games, {variant}: {iqm:.3f} [{low:.3f}, {high:.3f}]")
     return results
@@ -172,13 +119,6 @@ def report(study: optuna.Study, args: argparse.Namespace) -> dict:
 
 def dqn_mean(results: dict, game: str) -> float:
     return next(row["mean"] for row in results["games"] if (row["game"], row["variant"]) == (game, "DQN"))
-
-
-def interval(library: object, aggregate: object, scores: np.ndarray) -> tuple[float, tuple[float, float]]:
-    """The aggregate of `scores` (runs x games) and its 95% stratified bootstrap interval, by rliable."""
-    points, intervals = library.get_interval_estimates({"x": scores}, lambda x: np.array([aggregate(x)]),
-                                                       reps=2000)
-    return float(points["x"][0]), (float(intervals["x"][0, 0]), float(intervals["x"][1, 0]))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -228,17 +168,10 @@ def main() -> None:
             parser.error(f"argument --games: {game} is not a MinAtar game")
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(args.out / 'ablation.db').resolve()}"
-    # one study per grid: Optuna's grid cannot change inside a study
-    name = "ablation-" + hashlib.sha1("\n".join([*grid(args), str(args.total_steps), *args.train_flags])
-                                      .encode()).hexdigest()[:10]
-    import optuna
-
-    study = open_study(storage, name, "maximize", "none", optuna.samplers.GridSampler({"cell": grid(args)}, seed=0),
-                       retry_failed=True)
+    study = open_grid(storage, "ablation", grid(args), str(args.total_steps), *args.train_flags)
     if not args.report_only:
-        print(f"machine: {machine()}; study {name} in {storage}", flush=True)
-        work(study, args)
-        failed = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
+        print(f"machine: {machine()}; study {study.study_name} in {storage}", flush=True)
+        failed = work(study, grid(args), lambda cell: run_cell(cell, args), args.jobs)
         if failed:
             raise UserError(f"bench.ablation: {len(failed)} cells failed: {'; '.join(failed)}")
     results = report(study, args)

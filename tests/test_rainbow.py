@@ -11,7 +11,7 @@ import train
 from dqn_agent import Batch, DeepQLearning, masked_cross_entropy_loss, project_distribution, taken_action_cross_entropy
 from dqn_config import DQNConfig
 from networks import NoisyDense, NumpyForward
-from presets import RAINBOW_PRESETS_DIR, all_presets, find_preset
+from presets import agent_presets_dir, all_presets, find_preset
 
 SUPPORT = np.array([-2.0, -1.0, 0.0, 1.0, 2.0], np.float32)  # 5 atoms, 1 apart
 
@@ -158,7 +158,7 @@ def test_the_rainbow_agent_is_the_environments_preset_with_all_six_extensions(tm
     assert flags.config.n_step == 5  # a flag still overrides its one value
 
 
-@pytest.mark.parametrize("preset", all_presets(RAINBOW_PRESETS_DIR), ids=lambda preset: preset.path.stem)
+@pytest.mark.parametrize("preset", all_presets(agent_presets_dir("rainbow")), ids=lambda preset: preset.path.stem)
 def test_each_rainbow_preset_goes_over_its_environments_preset_into_a_valid_config(preset):
     base = find_preset(preset.env_ids[0])
     assert base is not None and preset.source.get("from") and preset.source.get("measured")

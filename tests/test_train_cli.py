@@ -56,8 +56,15 @@ QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency"
     (["--distributional", "--loss", "huber"], ["--loss", "cross_entropy", "distributional"]),
     (["--loss", "cross_entropy"], ["--loss", "needs distributional"]),
     (["--noisy-nets", "--noisy-sigma", "0"], ["--noisy-sigma", "positive"]),
-    (["--agent", "rainbow", "--env", "Acrobot-v1"], ["--agent", "no Rainbow preset", "Acrobot-v1"]),
+    (["--agent", "rainbow", "--env", "Acrobot-v1"], ["--agent", "no rainbow preset", "Acrobot-v1"]),
     (["--agent", "dueling"], ["--agent", "invalid choice"]),
+    (["--agent", "drq", "--env", "CartPole-v1"], ["--agent", "no drq preset", "ALE/"]),
+    (["--random-shift", "4"], ["--random-shift", "not images"]),
+    (["--random-shift", "-1", "--env", "MinAtar/Breakout-v1"], ["--random-shift", "zero or positive"]),
+    (["--adam-epsilon", "0"], ["--adam-epsilon", "positive"]),
+    (["--sticky-actions", "0.5"], ["--sticky-actions", "Atari"]),
+    (["--sticky-actions", "2", "--env", "ALE/Pong-v5"], ["--sticky-actions", "[0, 1]"]),
+    (["--eval-epsilon", "1.5"], ["--eval-epsilon", "[0, 1]"]),
 ])
 def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, words):
     assert_one_line_error(run_program("train.py", *args), *words)

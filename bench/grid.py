@@ -1,0 +1,117 @@
+"""A grid of independent training runs (cells), handed out by an Optuna study to any number of workers.
+
+Used by ``bench.ablation`` and ``bench.atari100k``. The study's `GridSampler` holds the cells, in a storage that
+every worker reaches (an SQLite file for one machine, PostgreSQL for many, as ``tune.py``'s workers share a
+study): a worker asks the study for a cell nobody has taken, trains it, and tells the study its score. A worker
+that dies stops its heartbeat; its cell is then failed and put back in the grid, and whoever takes it next
+continues the run from its checkpoint. A cell whose run finished before is not trained again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bench.timed import run_timed
+from checkpoints import unfinished_run_step
+from common import atomic_write_text
+from tune import open_study
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def open_grid(storage: str, prefix: str, cells: list[str], *identity: str) -> optuna.Study:
+    """The study of this grid in `storage`, created or joined: one study per grid (and per `identity`, the
+    settings every cell shares), since Optuna's grid cannot change inside a study."""
+    import optuna
+
+    name = f"{prefix}-" + hashlib.sha1("\n".join([*cells, *identity]).encode()).hexdigest()[:10]
+    return open_study(storage, name, "maximize", "none", optuna.samplers.GridSampler({"cell": cells}, seed=0),
+                      retry_failed=True)
+
+
+def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict], jobs: int) -> list[str]:
+    """Take cells from the study and run them, `jobs` at a time, until none is left untaken.
+
+    :param run_cell: trains one cell (or keeps its finished run) and returns its result, whose ``final`` is the
+        cell's score; a RuntimeError fails the cell, with its message kept.
+    :return: the messages of the cells that failed.
+    """
+    import optuna
+
+    def objective(trial: optuna.Trial) -> float:
+        cell = trial.suggest_categorical("cell", cells)
+        if any(other.number != trial.number and other.params.get("cell") == cell and other.state in
+               (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
+               for other in study.get_trials(deepcopy=False)):  # the grid's last cells, already being run
+            raise optuna.TrialPruned(f"{cell} is taken")
+        try:
+            result = run_cell(cell)
+        except RuntimeError as error:
+            trial.set_user_attr("error", str(error))
+            raise
+        for key, value in result.items():
+            trial.set_user_attr(key, value)
+        print(f"{cell.replace('|', ' ')}: final {result['final']:.2f}", file=sys.stderr, flush=True)
+        return result["final"]
+
+    if unfinished_cells(study, cells):
+        study.optimize(objective, n_jobs=jobs, catch=(RuntimeError,))
+    return [trial.user_attrs["error"] for trial in study.get_trials(deepcopy=False) if "error" in trial.user_attrs]
+
+
+def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dict, dict]:
+    """Run ``train.py`` for one cell at `stem` under ``/usr/bin/time``, continue it from its checkpoint if its last
+    worker died, or keep its finished run; return its record (``STEM.json``) and timing (``STEM.timed.json``).
+
+    :param train_args: train.py's flags for a new run (its environment, seed and agent); `stem`, the budget, no
+        progress bar and the replay buffer in each checkpoint (an exact continuation) are added here.
+    :raises RuntimeError: if train.py fails, with its last line.
+    """
+    record_path = stem.with_name(stem.name + ".json")
+    timing_path = stem.with_name(stem.name + ".timed.json")
+    if not (record_path.is_file() and timing_path.is_file() and unfinished_run_step(stem) is None):
+        common = ["--total-steps", str(total_steps), "--no-progress"]
+        if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
+            command = ["train.py", "--resume", str(stem), *common]
+        else:
+            command = ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args]
+        timed = run_timed(*command)
+        if timed.returncode != 0:  # its own last line, before GNU time's report
+            said = timed.stderr.split("\tCommand being timed")[0].strip().splitlines() or ["no message"]
+            raise RuntimeError(f"{stem.name}: train.py failed: {said[-1]}")
+        atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
+                                                   "peak_mb": round(timed.peak_mb)}) + "\n")
+    return json.loads(record_path.read_text()), json.loads(timing_path.read_text())
+
+
+def unfinished_cells(study: optuna.Study, cells: list[str]) -> set[str]:
+    """The cells with neither a finished trial nor one whose run failed (a stale trial, whose worker died, is
+    neither: Optuna puts its cell back in the queue)."""
+    return set(cells) - {trial.params.get("cell") for trial in study.get_trials(deepcopy=False)
+                         if trial.state.name == "COMPLETE" or "error" in trial.user_attrs}
+
+
+def finished_results(study: optuna.Study, cells: list[str]) -> list[dict]:
+    """The results of this grid's finished cells, as `run_cell` returned them."""
+    import optuna
+
+    return [trial.user_attrs for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+            if trial.params.get("cell") in set(cells)]
+
+
+def interval(aggregate: Callable[[np.ndarray], float], scores: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """The aggregate of `scores` (runs x games) and its 95% stratified bootstrap interval, by rliable (Agarwal et
+    al., 2021)."""
+    from rliable import library
+
+    points, intervals = library.get_interval_estimates({"x": scores}, lambda x: np.array([aggregate(x)]),
+                                                       reps=2000)
+    return float(points["x"][0]), (float(intervals["x"][0, 0]), float(intervals["x"][1, 0]))
