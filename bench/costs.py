@@ -1,16 +1,22 @@
 """What each piece of a training step costs, in milliseconds: where the time of a run goes.
 
-    python -m bench.costs
+    python -m bench.costs             # CartPole-v1's agent, and replay memory at 100k transitions
+    python -m bench.costs --atari     # an Atari 100k run's pieces, on ALE/Pong-v5 with the drq and der presets
 
 Times each call on the default agent (64-64, batch 64) with a replay buffer of 35,000 CartPole-v1
 transitions (the size at which the defaults solve it), median of 5 rounds. Then acting with noisy networks and
 with C51's atoms (the NumPy forward pass computes both), drawing a minibatch from 100,000 transitions,
 uniformly and by priority (prioritized replay's sum tree), and a prioritized training phase (its minibatches
 drawn at once, their priorities updated after it: the default ``priority_updates = "phase"``).
+
+With ``--atari``, the pieces of an Atari 100k step (one update per environment step) on Pong: the environment,
+acting (the Nature CNN in one compiled call), drawing a minibatch of 32 from stored frames, DrQ's random shifts
+alone, a whole update with and without them, DER's update, and the target copy DrQ makes after every update.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +27,7 @@ from bench.timed import machine
 from common import import_agent_class
 from dqn_config import DQNConfig
 from environments import make_env
+from presets import agent_presets_dir, find_preset
 
 
 def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> float:
@@ -61,11 +68,65 @@ def replay_rows(agent_class: type, env: object, size: int = 100_000) -> list[tup
     ]
 
 
+def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
+    """The pieces of an Atari 100k step on ALE/Pong-v5, with the drq and der presets, `size` stored steps."""
+    import keras
+
+    from dqn_agent import random_shift
+
+    env = make_env("ALE/Pong-v5", sticky_actions=0.0)
+    configs = {agent: find_preset("ALE/Pong-v5", agent_presets_dir(agent)).over(find_preset("ALE/Pong-v5")).config
+               for agent in ("drq", "der")}
+    agents = {"drq": DQNConfig(**configs["drq"]), "drq, no shifts": DQNConfig(**{**configs["drq"], "random_shift": 0}),
+              "der": DQNConfig(**configs["der"])}
+    agents = {name: agent_class(env.observation_space.shape, int(env.action_space.n), config)
+              for name, config in agents.items()}
+    state, _ = env.reset(seed=0)
+    for _ in range(size):
+        action = int(env.action_space.sample())
+        next_state, reward, terminated, truncated, _ = env.step(action)
+        for agent in agents.values():
+            agent.remember(state, action, float(reward), next_state, terminated, truncated)
+        state = env.reset()[0] if terminated or truncated else next_state
+    drq = agents["drq"]
+    images = drq.sample(32)[0].states
+    seed = keras.random.SeedGenerator(0)
+    shift = tf_function(lambda batch: random_shift(batch, 4, seed))
+    return [
+        ("`env.step(action)`, ALE/Pong-v5 (4 frames, preprocessing, stacking)", milliseconds(
+            lambda: env.step(0) if not env.step(0)[2] else env.reset(), 200, per=2)),
+        ("`act(state, 0)`, Nature CNN, one compiled call", milliseconds(lambda: drq.act(state, 0.0), 200)),
+        (f"`sample(32)` from {size:,} Pong steps (frames assembled into stacks)", milliseconds(
+            lambda: drq.sample(32), 200)),
+        ("`random_shift` of 32 84x84x4 stacks, compiled", milliseconds(lambda: shift(images), 200)),
+        *[(f"`training_phase(1)`, {name}: one update (sampling included)", milliseconds(
+            lambda agent=agent: agent.training_phase(1), 20)) for name, agent in agents.items()],
+        ("`update_target_network()`, Nature CNN", milliseconds(drq.update_target_network, 200)),
+    ]
+
+
+def tf_function(function: Callable) -> Callable:
+    """`function` compiled by `tf.function`, called on NumPy arrays."""
+    import tensorflow as tf
+
+    compiled = tf.function(function)
+    return lambda array: compiled(tf.constant(array))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--atari", action="store_true", help="the pieces of an Atari 100k step instead")
+    args = parser.parse_args()
     agent_class = import_agent_class()
     import keras
 
     keras.utils.set_random_seed(0)
+    if args.atari:
+        print(f"machine: {machine()}")
+        print("| call | ms |\n|---|---|")
+        for name, cost in atari_rows(agent_class):
+            print(f"| {name} | {cost:.3f} |")
+        return
     env = make_env("CartPole-v1")
     agent = agent_class(env.observation_space.shape, int(env.action_space.n))
     state, _ = env.reset(seed=0)
