@@ -6,8 +6,10 @@
 
 Each cell of the grid (game, variant, seed) is one run of ``train.py`` under the protocol of ``bench.learning``:
 the MinAtar preset's evaluations, the best evaluated weights kept, a final 100-episode evaluation of them. The
-default grid is DQN and Rainbow on all five MinAtar games with 3 seeds, and the six ablations on
-MinAtar/Breakout-v1 with 2 seeds: 42 runs of 200,000 steps, about 20 minutes each on 2 cores two at a time.
+default grid is DQN and Rainbow on all five MinAtar games with 3 seeds, the six ablations on MinAtar/Breakout-v1
+with 2 seeds, and sb3-contrib's QR-DQN (with the MinAtar preset's settings and network, as ``bench.sb3_dqn``
+runs SB3) on Breakout and SpaceInvaders with 3 seeds: 48 runs of 200,000 steps, about 20 to 35 minutes each on
+2 cores two at a time.
 
 The cells are handed out by an Optuna study whose `GridSampler` holds the grid, in ``--storage`` (an SQLite file
 in ``--out`` by default; PostgreSQL for many machines, as ``tune.py``'s workers share a study): every worker
@@ -25,6 +27,7 @@ into ``--out``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.grid import finished_results, interval, open_grid, train_cell, work
-from bench.timed import machine
+from bench.timed import machine, run_timed
 from common import UserError, atomic_write, atomic_write_text, figure_bytes, run_cli, seed_argument
 from presets import find_preset
 
@@ -63,24 +66,49 @@ def variants() -> dict[str, list[str]]:
     }
 
 
+# sb3-contrib's QR-DQN (Dabney et al., 2018), a distributional DQN, with the MinAtar preset's settings and network
+QR_DQN = "QR-DQN (SB3)"
+
+
 def grid(args: argparse.Namespace) -> list[str]:
     """The cells, as ``GAME|VARIANT|SEED``: DQN and Rainbow on --games x --seeds, the ablations on
-    --ablation-games x --ablation-seeds."""
+    --ablation-games x --ablation-seeds, QR-DQN on --qrdqn-games x --seeds."""
     cells = [f"{game}|{variant}|{seed}" for game in args.games for variant in ("DQN", "Rainbow")
              for seed in args.seeds]
     cells += [f"{game}|{variant}|{seed}" for game in args.ablation_games for variant in variants()
               if variant.startswith("Rainbow - ") for seed in args.ablation_seeds]
+    cells += [f"{game}|{QR_DQN}|{seed}" for game in args.qrdqn_games for seed in args.seeds]
     return cells
 
 
 def run_cell(cell: str, args: argparse.Namespace) -> dict:
-    """Train one cell (or continue it from its checkpoint, or keep its finished record); return its result."""
+    """Train one cell (or continue it from its checkpoint, or keep its finished record); return its result. A
+    QR-DQN cell is ``python -m bench.sb3_dqn --algo qrdqn``, which keeps no checkpoint: a died one starts again."""
     game, variant, seed = cell.split("|")
     name = "-".join([variant.replace(" - ", "-no-").replace(" ", "-"), game.replace("/", "-"), seed]).lower()
-    record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
-                                                           *args.train_flags], args.total_steps)
+    if variant == QR_DQN:
+        record, timing = sb3_cell(args.out / "runs" / name.replace("(", "").replace(")", ""), game, seed,
+                                  args.total_steps)
+    else:
+        record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
+                                                               *args.train_flags], args.total_steps)
     return {"game": game, "variant": variant, "seed": int(seed), "final": record["final_evaluation"]["mean"],
             "steps_per_second": round(record["steps"] / (record["seconds"] - record["eval_seconds"])), **timing}
+
+
+def sb3_cell(stem: Path, game: str, seed: str, total_steps: int) -> tuple[dict, dict]:
+    """Run sb3-contrib's QR-DQN for one cell at `stem` under ``/usr/bin/time``, or keep its finished record."""
+    record_path = stem.with_name(stem.name + ".json")
+    timing_path = stem.with_name(stem.name + ".timed.json")
+    if not (record_path.is_file() and timing_path.is_file()):
+        timed = run_timed("-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn", "--total-steps",
+                          str(total_steps), "--out", str(record_path))
+        if timed.returncode != 0:
+            said = timed.stderr.split("\tCommand being timed")[0].strip().splitlines() or ["no message"]
+            raise RuntimeError(f"{stem.name}: bench.sb3_dqn failed: {said[-1]}")
+        atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
+                                                   "peak_mb": round(timed.peak_mb)}) + "\n")
+    return json.loads(record_path.read_text()), json.loads(timing_path.read_text())
 
 
 def report(study: optuna.Study, args: argparse.Namespace) -> dict:
@@ -93,7 +121,7 @@ def report(study: optuna.Study, args: argparse.Namespace) -> dict:
                      "aggregate": []}
     print("| game | variant | seeds | final (mean) | 95% bootstrap interval | env steps/s |\n|---|---|---|---|---|---|")
     for game in dict.fromkeys(r["game"] for r in results["cells"]):
-        for variant in variants():
+        for variant in [*variants(), QR_DQN]:
             finals = [r["final"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
             rates = [r["steps_per_second"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
             if not finals:
@@ -129,7 +157,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     games = list(dict.fromkeys(row["game"] for row in results["games"]))
-    names = [name for name in variants() if any(row["variant"] == name for row in results["games"])]
+    names = [name for name in [*variants(), QR_DQN] if any(row["variant"] == name for row in results["games"])]
     panels = [*games, "IQM"] if results["aggregate"] else games
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False, sharey=True)
     for axis, panel in zip(axes[0], panels, strict=True):
@@ -155,6 +183,9 @@ def main() -> None:
     parser.add_argument("--ablation-games", nargs="*", default=["MinAtar/Breakout-v1"],
                         help="games of the six ablations (none: --ablation-games with no value)")
     parser.add_argument("--ablation-seeds", type=seed_argument, nargs="+", default=[0, 1])
+    parser.add_argument("--qrdqn-games", nargs="*", default=["MinAtar/Breakout-v1", "MinAtar/SpaceInvaders-v1"],
+                        help="games of sb3-contrib's QR-DQN, with --seeds (none: --qrdqn-games with no value; needs "
+                        "pip install -r bench/requirements-sb3.txt)")
     parser.add_argument("--total-steps", type=int, default=200_000, help="steps of every run")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time in this command")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablation"))
@@ -163,9 +194,12 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="report the finished cells and train none")
     parser.add_argument("train_flags", nargs="*", help="extra flags for every train.py, after --")
     args = parser.parse_args()
-    for game in {*args.games, *args.ablation_games}:
+    for game in {*args.games, *args.ablation_games, *args.qrdqn_games}:
         if not game.startswith("MinAtar/"):
             parser.error(f"argument --games: {game} is not a MinAtar game")
+    if args.qrdqn_games and importlib.util.find_spec("sb3_contrib") is None:
+        parser.error("argument --qrdqn-games: QR-DQN's cells need sb3-contrib: pip install -r "
+                     "bench/requirements-sb3.txt (or give --qrdqn-games with no value)")
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(args.out / 'ablation.db').resolve()}"
     study = open_grid(storage, "ablation", grid(args), str(args.total_steps), *args.train_flags)

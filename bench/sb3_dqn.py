@@ -6,6 +6,10 @@ final 100-episode evaluation of the kept weights. Writes a JSON record with the 
 
     python -m bench.sb3_dqn --env CartPole-v1 --seed 0 --out bench/results/runs/sb3-0.json
     python -m bench.sb3_dqn --env LunarLander-v3 --budget zoo --seed 0 --out /tmp/sb3.json
+    python -m bench.sb3_dqn --env MinAtar/Breakout-v1 --algo qrdqn --seed 0 --out /tmp/qrdqn.json
+
+``--algo qrdqn`` runs sb3-contrib's QR-DQN (Dabney et al., 2018: a distributional DQN, 200 quantiles of the
+return per action, Q their mean) with the same settings, network and protocol.
 
 The Zoo's exploration schedule is kept in environment steps whatever the budget (SB3 states it as a
 fraction of the budget). The Zoo has no MinAtar entry: for ``MinAtar/*`` SB3 gets this project's MinAtar
@@ -88,6 +92,8 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=None, help="steps at most, overriding --budget")
     parser.add_argument("--out", type=Path, required=True, help="the JSON record to write")
     parser.add_argument("--n-steps", type=int, default=1, help="SB3's own n-step returns (SB3 2.7 and later)")
+    parser.add_argument("--algo", choices=["dqn", "qrdqn"], default="dqn", help="SB3's DQN, or sb3-contrib's "
+                        "QR-DQN (distributional: quantiles of the return)")
     args = parser.parse_args()
     if not (args.env in RL_ZOO or args.env.startswith("MinAtar/")):
         parser.error(f"--env: no RL-Zoo entry for {args.env}")
@@ -115,18 +121,28 @@ def main() -> None:
         hyperparameters = {**hyperparameters, "policy_kwargs": minatar_policy_kwargs(), "optimize_memory_usage": False}
     if args.n_steps != 1:
         hyperparameters = {**hyperparameters, "n_steps": args.n_steps}
-    model = DQN("CnnPolicy" if images else "MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0,
-                **hyperparameters)
+    if args.algo == "qrdqn":
+        from sb3_contrib import QRDQN as Algorithm
+    else:
+        Algorithm = DQN
+    model = Algorithm("CnnPolicy" if images else "MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0,
+                      **hyperparameters)
 
     def greedy(state: np.ndarray) -> int:
         """The greedy action from the Q-network's forward pass, as this project's agent acts (model.predict costs
-        milliseconds a call and would make SB3's evaluations, not its learning, the bench's measure)."""
+        milliseconds a call and would make SB3's evaluations, not its learning, the bench's measure); QR-DQN's
+        Q-values are its quantiles' means."""
         with torch.no_grad():
             if images:  # SB3's own preprocessing: channel-first, then scaled by the features extractor
-                return int(model.q_net(model.policy.obs_to_tensor(np.asarray(state))[0]).argmax())
-            return int(model.q_net(torch.as_tensor(np.asarray(state)[None], dtype=torch.float32)).argmax())
+                observation = model.policy.obs_to_tensor(np.asarray(state))[0]
+            else:
+                observation = torch.as_tensor(np.asarray(state)[None], dtype=torch.float32)
+            if args.algo == "qrdqn":
+                return int(model.quantile_net(observation).mean(dim=1).argmax())
+            return int(model.q_net(observation).argmax())
 
-    record = {"env_id": settings.env_id, "seed": settings.seed, "agent": "stable-baselines3 DQN (RL-Zoo)",
+    agent_name = "sb3-contrib QR-DQN" if args.algo == "qrdqn" else "stable-baselines3 DQN"
+    record = {"env_id": settings.env_id, "seed": settings.seed, "agent": f"{agent_name} (RL-Zoo)",
               "hyperparameters": hyperparameters, "run": dataclasses.asdict(settings) | {"out": None},
               "evaluations": [], "solved_step": None, "eval_seconds": 0.0,
               "best_eval": {"step": None, "mean": -np.inf, "seconds": None}}
@@ -164,6 +180,8 @@ def main() -> None:
                                   "std": float(np.std(returns))}
     record["versions"] = {"stable_baselines3": __import__("stable_baselines3").__version__,
                           "torch": torch.__version__}
+    if args.algo == "qrdqn":
+        record["versions"]["sb3_contrib"] = __import__("sb3_contrib").__version__
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(record, indent=2, default=str) + "\n")
 

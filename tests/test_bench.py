@@ -94,7 +94,7 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
     assert killed.returncode == 0, killed.stderr
     stem.with_name(stem.name + ".json").unlink()
     command = [sys.executable, "-m", "bench.ablation", "--games", "MinAtar/Breakout-v1", "--seeds", "0",
-               "--ablation-games", "--total-steps", "300", "--out", str(tmp_path), "--", *TINY_MINATAR]
+               "--ablation-games", "--qrdqn-games", "--total-steps", "300", "--out", str(tmp_path), "--", *TINY_MINATAR]
     bench = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr
     results = json.loads((tmp_path / "ablation.json").read_text())
