@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -42,18 +42,24 @@ def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> floa
     return statistics.median(rounds)
 
 
+def fill_with_random_play(env: object, agents: Iterable, steps: int, seed: int) -> np.ndarray:
+    """Store `steps` steps of random play in every agent's replay memory; return the last state."""
+    state, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        action = int(env.action_space.sample())
+        next_state, reward, terminated, truncated, _ = env.step(action)
+        for agent in agents:
+            agent.remember(state, action, float(reward), next_state, terminated, truncated)
+        state = env.reset()[0] if terminated or truncated else next_state
+    return state
+
+
 def replay_rows(agent_class: type, env: object, size: int = 100_000) -> list[tuple[str, float]]:
     """Sampling from `size` random CartPole transitions, uniform and prioritized, and a prioritized phase."""
     agents = {kind: agent_class(env.observation_space.shape, int(env.action_space.n),
                                 DQNConfig(buffer_size=size, batch_size=64, prioritized_replay=kind == "prioritized"))
               for kind in ("uniform", "prioritized")}
-    state, _ = env.reset(seed=1)
-    for _ in range(size):
-        action = int(env.action_space.sample())
-        next_state, reward, terminated, truncated, _ = env.step(action)
-        for agent in agents.values():
-            agent.remember(state, action, float(reward), next_state, terminated, truncated)
-        state = env.reset()[0] if terminated or truncated else next_state
+    fill_with_random_play(env, agents.values(), size, seed=1)
     uniform, prioritized = agents["uniform"], agents["prioritized"]
     prioritized.memory.update_priorities(np.arange(size), np.random.default_rng(0).exponential(size=size))
     return [
@@ -81,13 +87,7 @@ def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
               "der": DQNConfig(**configs["der"])}
     agents = {name: agent_class(env.observation_space.shape, int(env.action_space.n), config)
               for name, config in agents.items()}
-    state, _ = env.reset(seed=0)
-    for _ in range(size):
-        action = int(env.action_space.sample())
-        next_state, reward, terminated, truncated, _ = env.step(action)
-        for agent in agents.values():
-            agent.remember(state, action, float(reward), next_state, terminated, truncated)
-        state = env.reset()[0] if terminated or truncated else next_state
+    state = fill_with_random_play(env, agents.values(), size, seed=0)
     drq = agents["drq"]
     images = drq.sample(32)[0].states
     seed = keras.random.SeedGenerator(0)
