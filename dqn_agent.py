@@ -360,13 +360,18 @@ class DeepQLearning:
         outputs = self._forward(states, self.rng if noisy and self.config.noisy_nets else None)
         return softmax(outputs) @ self.support if self.config.distributional else outputs
 
+    def return_distributions(self, states: np.ndarray) -> np.ndarray:
+        """A distributional agent's predicted distributions of the return, p_j(s, a) on the atoms `support`, of a
+        batch of states (mean weights): shape (B, num_actions, num_atoms)."""
+        return softmax(self._forward(states, None))
+
     def distribution_entropy(self, states: np.ndarray) -> float:
         """A distributional agent's mean entropy, -sum_j p_j log p_j, of the greedy action's predicted return
         distribution over a batch of states: log(num_atoms) when flat, 0 when sure (for the logs).
 
         :param states: a batch of observations.
         """
-        probabilities = softmax(self._forward(states, None))
+        probabilities = self.return_distributions(states)
         greedy = probabilities[np.arange(len(states)), np.argmax(probabilities @ self.support, axis=1)]
         return float(-(greedy * np.log(np.maximum(greedy, 1e-12))).sum(axis=-1).mean())
 

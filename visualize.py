@@ -85,10 +85,13 @@ class QValueOverlay(gym.Wrapper):
     MIN_WIDTH = 320
     TEXT, CHOSEN, GROUND = (235, 235, 235), (255, 196, 0), (24, 24, 24)
 
-    def __init__(self, env: gym.Env, q_function: Callable[[np.ndarray], np.ndarray], names: list[str]) -> None:
+    def __init__(self, env: gym.Env, q_function: Callable[[np.ndarray], np.ndarray], names: list[str],
+                 distribution: Callable[[np.ndarray], np.ndarray] | None = None,
+                 support: np.ndarray | None = None) -> None:
         super().__init__(env)
         self.q_function = q_function
         self.names = names
+        self.distribution, self.support = distribution, support
         self.observation: np.ndarray | None = None
         self.steps = 0
         self.episode_return = 0.0
@@ -116,7 +119,8 @@ class QValueOverlay(gym.Wrapper):
         if self.font is None:
             self.font = ImageFont.load_default(size=max(12, min(20, width // 30)))
         line_height = self.font.size + 4
-        panel = line_height * (1 + len(self.names)) + 12
+        chart = 3 * line_height if self.distribution is not None else 0
+        panel = line_height * (1 + len(self.names)) + 12 + chart
         panel += -(height + panel) % 16  # video encoders work on 16-pixel blocks
         image = Image.new("RGB", (width, height + panel), self.GROUND)
         image.paste(Image.fromarray(frame), (0, 0))
@@ -129,7 +133,26 @@ class QValueOverlay(gym.Wrapper):
             mark, color = ("> ", self.CHOSEN) if action == chosen else ("   ", self.TEXT)
             draw.text((10, top + (action + 1) * line_height), f"{mark}Q({name}) = {q_value:.3f}", fill=color,
                       font=self.font)
+        if self.distribution is not None:
+            self.draw_distribution(draw, self.distribution(self.observation)[chosen], width,
+                                   top + (len(self.names) + 1) * line_height + 4, chart - line_height)
         return np.asarray(image)
+
+    def draw_distribution(self, draw: Any, probabilities: np.ndarray, width: int, top: int, height: int) -> None:
+        """The chosen action's return distribution as bars over the atoms, the support's ends written under it."""
+        left, right = 10, width - 10
+        bar = (right - left) / len(probabilities)
+        tallest = max(float(probabilities.max()), 1e-9)
+        draw.line((left, top + height, right, top + height), fill=self.TEXT)  # the support, under the bars
+        for atom, probability in enumerate(probabilities):
+            if height * probability / tallest >= 1:
+                x = left + atom * bar
+                draw.rectangle((x, top + height * (1 - probability / tallest), x + max(bar - 1, 1), top + height - 1),
+                               fill=self.CHOSEN)
+        low, high = f"{self.support[0]:g}", f"{self.support[-1]:g}"
+        draw.text((left, top + height + 2), low, fill=self.TEXT, font=self.font)
+        draw.text((right - draw.textlength(high, font=self.font), top + height + 2), high, fill=self.TEXT,
+                  font=self.font)
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -184,8 +207,10 @@ def record_video(agent: DeepQLearning, env_id: str, args: argparse.Namespace) ->
     """
     env = make_env(env_id, render_mode="rgb_array")
     if args.overlay:
+        distribution = (lambda state: agent.return_distributions(np.asarray(state)[None])[0]) \
+            if agent.config.distributional else None
         env = QValueOverlay(env, lambda state: agent.q_values(np.asarray(state)[None])[0],
-                            action_names(env, env_id, agent.num_actions))
+                            action_names(env, env_id, agent.num_actions), distribution, agent.support)
     folder = None
     try:
         folder = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".recording-"))

@@ -108,6 +108,27 @@ def test_minatar_is_played_large_with_its_action_names_and_no_warning(tmp_path):
     assert imageio.get_reader(tmp_path / "minatar.mp4", "ffmpeg").get_data(0).shape[1] == 320
 
 
+def test_a_distributional_agents_overlay_draws_the_chosen_actions_return_distribution_under_its_q_values():
+    import visualize
+
+    env = visualize.make_env("MinAtar/Breakout-v1", render_mode="rgb_array")
+    env.reset(seed=0)
+    support = np.linspace(-10.0, 10.0, 5)
+    chosen = np.array([0.0, 0.0, 0.0, 0.0, 1.0])  # all on the top atom: Q = 10, the greedy action
+    distributions = np.array([[0.2] * 5, chosen, [1.0, 0.0, 0.0, 0.0, 0.0]])
+    names = ["no-op", "left", "right"]
+    plain = visualize.QValueOverlay(env, lambda state: distributions @ support, names).render()
+    drawn = visualize.QValueOverlay(env, lambda state: distributions @ support, names,
+                                    lambda state: distributions, support).render()
+    assert drawn.shape[0] > plain.shape[0] and drawn.shape[1] == plain.shape[1]  # a chart added under the panel
+    chart = drawn[plain.shape[0]:]  # below every line of text
+    bar = np.all(chart == visualize.QValueOverlay.CHOSEN, axis=-1)
+    columns = np.flatnonzero(bar.any(axis=0))
+    # one bar, the last fifth of the width: the chosen action's distribution, not another's
+    assert columns.size and columns.min() > 0.75 * drawn.shape[1]
+    env.close()
+
+
 def test_missing_weights_say_how_to_make_them(tmp_path):
     result = run_program("visualize.py", "--weights", str(tmp_path / "none.weights.h5"))
     assert_one_line_error(result, "no weights file", "python train.py")
