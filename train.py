@@ -233,8 +233,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                 result.evaluations.append(evaluation)
                 last_eval_shown = f"{evaluation['mean']:.0f}"
                 score, confirmed = evaluation_score(evaluation)
-                if score > result.best_eval_mean or not settings.keep_best:  # a later collapse never overwrites
-                    # the best weights (unless the run keeps the last)
+                # keep the best, so that a later collapse never overwrites it (without keep_best: the last)
+                if score > result.best_eval_mean or not settings.keep_best:
                     save_agent(agent, weights_path(settings.out), description)
                     result.best_eval_mean, result.best_eval_step = score, step
                     result.best_eval_confirmed = confirmed
