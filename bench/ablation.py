@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.grid import finished_results, interval, open_grid, train_cell, work
-from bench.timed import machine, run_timed
+from bench.grid import finished_results, interval, open_grid, timed_cell, train_cell, work
+from bench.timed import machine
 from common import UserError, atomic_write, atomic_write_text, figure_bytes, run_cli, seed_argument
 from presets import find_preset
 
@@ -87,28 +87,14 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict:
     game, variant, seed = cell.split("|")
     name = "-".join([variant.replace(" - ", "-no-").replace(" ", "-"), game.replace("/", "-"), seed]).lower()
     if variant == QR_DQN:
-        record, timing = sb3_cell(args.out / "runs" / name.replace("(", "").replace(")", ""), game, seed,
-                                  args.total_steps)
+        stem = args.out / "runs" / name.replace("(", "").replace(")", "")
+        record, timing = timed_cell(stem, ["-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn",
+                                           "--total-steps", str(args.total_steps), "--out", f"{stem}.json"])
     else:
         record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
                                                                *args.train_flags], args.total_steps)
     return {"game": game, "variant": variant, "seed": int(seed), "final": record["final_evaluation"]["mean"],
             "steps_per_second": round(record["steps"] / (record["seconds"] - record["eval_seconds"])), **timing}
-
-
-def sb3_cell(stem: Path, game: str, seed: str, total_steps: int) -> tuple[dict, dict]:
-    """Run sb3-contrib's QR-DQN for one cell at `stem` under ``/usr/bin/time``, or keep its finished record."""
-    record_path = stem.with_name(stem.name + ".json")
-    timing_path = stem.with_name(stem.name + ".timed.json")
-    if not (record_path.is_file() and timing_path.is_file()):
-        timed = run_timed("-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn", "--total-steps",
-                          str(total_steps), "--out", str(record_path))
-        if timed.returncode != 0:
-            said = timed.stderr.split("\tCommand being timed")[0].strip().splitlines() or ["no message"]
-            raise RuntimeError(f"{stem.name}: bench.sb3_dqn failed: {said[-1]}")
-        atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
-                                                   "peak_mb": round(timed.peak_mb)}) + "\n")
-    return json.loads(record_path.read_text()), json.loads(timing_path.read_text())
 
 
 def report(study: optuna.Study, args: argparse.Namespace) -> dict:

@@ -75,18 +75,26 @@ def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dic
         progress bar and the replay buffer in each checkpoint (an exact continuation) are added here.
     :raises RuntimeError: if train.py fails, with its last line.
     """
+    common = ["--total-steps", str(total_steps), "--no-progress"]
+    if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
+        return timed_cell(stem, ["train.py", "--resume", str(stem), *common], finished=False)
+    return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args])
+
+
+def timed_cell(stem: Path, command: list[str], finished: bool = True) -> tuple[dict, dict]:
+    """Run `command` (``python`` arguments) under ``/usr/bin/time`` unless the cell at `stem` has its record
+    (``STEM.json``) and timing (``STEM.timed.json``) and `finished` allows keeping them; return both.
+
+    :raises RuntimeError: if the command fails, with its last line.
+    """
     record_path = stem.with_name(stem.name + ".json")
     timing_path = stem.with_name(stem.name + ".timed.json")
-    if not (record_path.is_file() and timing_path.is_file() and unfinished_run_step(stem) is None):
-        common = ["--total-steps", str(total_steps), "--no-progress"]
-        if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
-            command = ["train.py", "--resume", str(stem), *common]
-        else:
-            command = ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args]
+    if not (finished and record_path.is_file() and timing_path.is_file()):
         timed = run_timed(*command)
         if timed.returncode != 0:  # its own last line, before GNU time's report
             said = timed.stderr.split("\tCommand being timed")[0].strip().splitlines() or ["no message"]
-            raise RuntimeError(f"{stem.name}: train.py failed: {said[-1]}")
+            program = command[1] if command[0] == "-m" else command[0]
+            raise RuntimeError(f"{stem.name}: {program} failed: {said[-1]}")
         atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
                                                    "peak_mb": round(timed.peak_mb)}) + "\n")
     return json.loads(record_path.read_text()), json.loads(timing_path.read_text())
