@@ -148,6 +148,9 @@ def main() -> None:
                         "(needs bench/requirements-sb3.txt)")
     parser.add_argument("--sb3-seeds", type=seed_argument, nargs="+", default=None,
                         help="run SB3 on these seeds only (default: all of --seeds)")
+    parser.add_argument("--dqn-seeds", type=seed_argument, nargs="*", default=None,
+                        help="run ours on these seeds only (default: all of --seeds; none, to add SB3's rows beside "
+                        "ours from an earlier --resume run of the same --variant)")
     parser.add_argument("--sb3-budget", choices=["preset", "zoo"], default="preset",
                         help="SB3's steps at most: the preset's (as ours) or the Zoo's n_timesteps")
     parser.add_argument("--total-steps", type=int, default=None, help="steps at most for every run (default: the "
@@ -157,8 +160,9 @@ def main() -> None:
     parser.add_argument("--sb3-n-steps", type=int, default=1, help="SB3's n-step returns (its n_steps), beside ours")
     parser.add_argument("--variant", default=None, help="a name for the extra train.py flags (e.g. nstep3), in the "
                         "runs' and the results' file names, so that variants of one environment keep apart")
-    parser.add_argument("--resume", action="store_true", help="keep the runs already finished in --out, and continue "
-                        "killed runs of ours from their checkpoints: a stopped bench goes on where it was")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already finished in --out (and the "
+                        "summary's rows of runs not asked for this time), and continue killed runs of ours from their "
+                        "checkpoints: a stopped bench goes on where it was")
     parser.add_argument("train_flags", nargs="*", help="extra flags for train.py, after --")
     args = parser.parse_args()
     threshold = reward_threshold(args.env)
@@ -166,18 +170,26 @@ def main() -> None:
     if (threshold is None and not minatar) or (args.sb3 and not minatar and args.env not in RL_ZOO):
         parser.error(f"--env needs a registered reward threshold or to be a MinAtar game, and --sb3 one of "
                      f"{', '.join(RL_ZOO)}")
+    agents = ["dqn", "sb3"] if args.sb3 else ["dqn"]
+    # interleaved, so that a change in the machine's load hits both agents alike
+    only = {"dqn": args.dqn_seeds, "sb3": args.sb3_seeds}
+    jobs = [(agent, seed) for seed in args.seeds for agent in agents if only[agent] is None or seed in only[agent]]
+    if not jobs:
+        parser.error("no run left to do: --dqn-seeds and --sb3-seeds leave none of --seeds")
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    agents = ["dqn", "sb3"] if args.sb3 else ["dqn"]
     print(f"machine: {machine()}", flush=True)
-    # interleaved, so that a change in the machine's load hits both agents alike
-    jobs = [(agent, seed) for seed in args.seeds for agent in agents
-            if agent == "dqn" or args.sb3_seeds is None or seed in args.sb3_seeds]
 
     stem = args.out / "-".join(part for part in ("learning", None if args.env == "CartPole-v1" else
                                                  args.env.replace("/", "-"), args.variant) if part)
     command = " ".join(["python -m bench.learning", *sys.argv[1:]])
+    summary_path = stem.with_suffix(".json")
     rows: list[dict] = []
+    if args.resume and summary_path.is_file():  # rows from an earlier run (e.g. ours, where this one adds SB3's)
+        before = json.loads(summary_path.read_text())
+        rows = [row for row in before["rows"] if (row["agent"], row["seed"]) not in jobs]
+        if rows and before["command"] != command:
+            command = f"{before['command']}; then {command}"
     lock = threading.Lock()
 
     def run(job: tuple[str, int]) -> None:
@@ -190,7 +202,7 @@ def main() -> None:
             rows.append(row)
             rows.sort(key=lambda row: (row["agent"], row["seed"]))
             summary = {"machine": machine(), "command": command, "env_id": args.env, "jobs": args.jobs, "rows": rows}
-            atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
             plot(rows, threshold, stem.with_suffix(".png"))
 
     with output_lock(stem, "bench.learning"), ThreadPoolExecutor(max_workers=args.jobs) as pool:

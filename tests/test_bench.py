@@ -76,6 +76,20 @@ def test_a_stopped_learning_bench_goes_on_where_it_was_with_resume(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stderr.count("finished before, record kept") == 2, again.stderr
     assert json.loads((tmp_path / "learning-nstep2.json").read_text())["rows"] == rows
+    # a resumed bench of fewer seeds keeps the summary's rows of the others (as SB3's rows join ours later)
+    one = subprocess.run([*command[:3], "--seeds", "4", *command[6:]], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0 and one.stderr.count("finished before, record kept") == 1, one.stderr
+    summary = json.loads((tmp_path / "learning-nstep2.json").read_text())
+    assert summary["rows"] == rows and summary["command"].count("python -m bench.learning") == 2
+
+
+def test_a_learning_bench_with_no_run_to_do_is_one_line_and_exit_2(tmp_path):
+    bench = subprocess.run([sys.executable, "-m", "bench.learning", "--seeds", "3", "--dqn-seeds", "--out",
+                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bench.returncode == 2 and bench.stderr.strip().splitlines()[-1] == (
+        "learning.py: error: no run left to do: --dqn-seeds and --sb3-seeds leave none of --seeds")
+    assert not list(tmp_path.iterdir())
 
 
 # a MinAtar run of a few seconds: 300 steps, evaluated at 150 and 300
