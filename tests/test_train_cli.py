@@ -56,7 +56,7 @@ QUICK = ["--total-steps", "600", "--learning-starts", "200", "--train-frequency"
     (["--distributional", "--loss", "huber"], ["--loss", "cross_entropy", "distributional"]),
     (["--loss", "cross_entropy"], ["--loss", "needs distributional"]),
     (["--noisy-nets", "--noisy-sigma", "0"], ["--noisy-sigma", "positive"]),
-    (["--agent", "rainbow", "--env", "Acrobot-v1"], ["--agent", "no rainbow preset", "Acrobot-v1"]),
+    (["--agent", "rainbow", "--env", "CartPole-v0"], ["--agent", "no rainbow preset", "CartPole-v0"]),
     (["--agent", "dueling"], ["--agent", "invalid choice"]),
     (["--agent", "drq", "--env", "CartPole-v1"], ["--agent", "no drq preset", "ALE/"]),
     (["--random-shift", "4"], ["--random-shift", "not images"]),
