@@ -53,6 +53,23 @@ def test_a_sum_tree_sums_and_finds_by_running_sum():
     assert tree.total == 6.5
 
 
+def test_every_node_of_a_sum_tree_is_the_sum_below_it_after_batch_and_single_updates():
+    rng = np.random.default_rng(0)
+    tree = SumTree(100)  # 128 leaves, 7 levels
+    tree.set(np.arange(100), rng.random(100))
+    slots = rng.integers(0, 100, 64)  # repeated slots and shared parents: a slot keeps its last priority
+    priorities = rng.random(64)
+    tree.set(slots, priorities)
+    last = {int(slot): priority for slot, priority in zip(slots, priorities, strict=True)}
+    np.testing.assert_array_equal(tree[np.array(list(last))], list(last.values()))
+    for slot, priority in zip(rng.integers(0, 100, 20), rng.random(20), strict=True):
+        tree.set_one(int(slot), float(priority))
+    leaves = tree.nodes[tree.leaves:]
+    for _ in range(7):  # the nodes of each level, rebuilt from the leaves by pairwise sums
+        leaves = leaves.reshape(-1, 2).sum(axis=1)
+        np.testing.assert_allclose(tree.nodes[len(leaves):2 * len(leaves)], leaves)
+
+
 def filled(priorities: list[float], alpha: float = 1.0, capacity: int = 16) -> ReplayMemory:
     memory = ReplayMemory(capacity=capacity, prioritized=True, priority_alpha=alpha, priority_epsilon=0.0)
     s = states(len(priorities) + 1)
