@@ -48,9 +48,7 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
 
     def objective(trial: optuna.Trial) -> float:
         cell = trial.suggest_categorical("cell", cells)
-        if any(other.number != trial.number and other.params.get("cell") == cell and other.state in
-               (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
-               for other in study.get_trials(deepcopy=False)):  # the grid's last cells, already being run
+        if cell_taken(study, trial, cell):  # the grid's last cells are handed to every worker that asks
             raise optuna.TrialPruned(f"{cell} is taken")
         try:
             result = run_cell(cell)
@@ -65,6 +63,17 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
     if unfinished_cells(study, cells):
         study.optimize(objective, n_jobs=jobs, catch=(RuntimeError,))
     return [trial.user_attrs["error"] for trial in study.get_trials(deepcopy=False) if "error" in trial.user_attrs]
+
+
+def cell_taken(study: optuna.Study, trial: optuna.Trial, cell: str) -> bool:
+    """Whether another trial has `cell`: one that finished it, or one running it that was created before `trial`
+    (of two workers handed the same cell at once, the first trial keeps it, so exactly one of them runs it)."""
+    import optuna
+
+    running, complete = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
+    return any(other.params.get("cell") == cell and (other.state == complete or
+                                                     (other.state == running and other.number < trial.number))
+               for other in study.get_trials(deepcopy=False) if other.number != trial.number)
 
 
 def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dict, dict]:

@@ -170,6 +170,7 @@ def test_a_killed_run_goes_on_from_its_checkpoint_and_its_final_record_is_comple
                             "--total-steps", "120", "--out", str(tmp_path), "--", *TINY_ATARI], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr
+    assert stem.with_name(stem.name + ".json").is_file(), bench.stdout + bench.stderr
     record = json.loads(stem.with_name(stem.name + ".json").read_text())
     assert [e["step"] for e in record["evaluations"]] == [60, 120] and record["steps"] == 120
     assert record["final_evaluation"]["episodes"] == 2 and record["config"]["random_shift"] == 4

@@ -97,6 +97,19 @@ TINY_MINATAR = ["--learning-starts", "50", "--eval-interval", "150", "--eval-epi
                 "2", "--confirm-episodes", "2", "--buffer-size", "500", "--batch-size", "8"]
 
 
+def test_of_two_workers_handed_the_same_last_cell_at_once_exactly_one_runs_it(tmp_path):
+    from bench.grid import cell_taken, open_grid, work
+
+    cells = ["Pong|drq|0"]
+    study = open_grid(f"sqlite:///{tmp_path / 'grid.db'}", "test", cells)
+    first, second = study.ask(), study.ask()  # both asked before either ran: the grid hands both its one cell
+    assert first.suggest_categorical("cell", cells) == second.suggest_categorical("cell", cells) == cells[0]
+    assert [cell_taken(study, first, cells[0]), cell_taken(study, second, cells[0])] == [False, True]
+    ran: list[str] = []
+    other = open_grid(f"sqlite:///{tmp_path / 'other.db'}", "test", cells)
+    assert work(other, cells, lambda cell: ran.append(cell) or {"final": 0.0}, jobs=2) == [] and ran == cells
+
+
 @pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
 def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it_was(tmp_path):
     import optuna
