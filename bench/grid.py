@@ -73,7 +73,7 @@ def cell_taken(study: optuna.Study, trial: optuna.Trial, cell: str) -> bool:
     running, complete = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
     return any(other.params.get("cell") == cell and (other.state == complete or
                                                      (other.state == running and other.number < trial.number))
-               for other in study.get_trials(deepcopy=False) if other.number != trial.number)
+               for other in study.get_trials(deepcopy=False))  # `trial` itself is running, not before itself
 
 
 def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dict, dict]:
