@@ -183,7 +183,8 @@ def main() -> None:
     stem = args.out / "-".join(part for part in ("learning", None if args.env == "CartPole-v1" else
                                                  args.env.replace("/", "-"), args.variant) if part)
     command = " ".join(["python -m bench.learning", *sys.argv[1:]])
-    summary_path = stem.with_suffix(".json")
+    # named by appending, not with_suffix: a variant such as "lr1.25e-4" holds a dot of its own
+    summary_path, picture_path = (stem.with_name(stem.name + suffix) for suffix in (".json", ".png"))
     rows: list[dict] = []
     if args.resume and summary_path.is_file():  # rows from an earlier run (e.g. ours, where this one adds SB3's)
         before = json.loads(summary_path.read_text())
@@ -203,12 +204,12 @@ def main() -> None:
             rows.sort(key=lambda row: (row["agent"], row["seed"]))
             summary = {"machine": machine(), "command": command, "env_id": args.env, "jobs": args.jobs, "rows": rows}
             atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-            plot(rows, threshold, stem.with_suffix(".png"))
+            plot(rows, threshold, picture_path)
 
     with output_lock(stem, "bench.learning"), ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(run, jobs))  # each job is a process; threads only wait on them
     print_table(rows)
-    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    print(f"wrote {summary_path} and {picture_path}")
 
 
 if __name__ == "__main__":

@@ -62,25 +62,27 @@ def test_a_stopped_learning_bench_goes_on_where_it_was_with_resume(tmp_path):
     runs.mkdir()
     # seed 3 was killed after its first checkpoint (a checkpoint, no record); seed 4 never started
     killed = run_program("train.py", *QUICK, "--no-early-stop", "--total-steps", "300", "--n-step", "2", "--seed", "3",
-                         "--out", str(runs / "dqn-nstep2-CartPole-v1-3"))
+                         "--out", str(runs / "dqn-n.2-CartPole-v1-3"))
     assert killed.returncode == 0, killed.stderr
-    (runs / "dqn-nstep2-CartPole-v1-3.json").unlink()
+    (runs / "dqn-n.2-CartPole-v1-3.json").unlink()
     command = [sys.executable, "-m", "bench.learning", "--seeds", "3", "4", "--out", str(tmp_path), "--resume",
-               "--variant", "nstep2", "--", *QUICK, "--no-early-stop", "--n-step", "2"]
+               "--variant", "n.2", "--", *QUICK, "--no-early-stop", "--n-step", "2"]
     bench = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr
-    rows = json.loads((tmp_path / "learning-nstep2.json").read_text())["rows"]
+    # a variant's dot is its own, not a file suffix: the summary is learning-n.2.json (and .png), not learning-n.json
+    assert sorted(path.name for path in tmp_path.glob("learning-*")) == ["learning-n.2.json", "learning-n.2.png"]
+    rows = json.loads((tmp_path / "learning-n.2.json").read_text())["rows"]
     assert [(row["seed"], row["steps"]) for row in rows] == [(3, 600), (4, 600)]
     # seed 3 went on from its checkpoint at step 300: its first evaluation is the killed run's own
     assert [e["step"] for e in rows[0]["evaluations"]] == [300, 600]
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stderr.count("finished before, record kept") == 2, again.stderr
-    assert json.loads((tmp_path / "learning-nstep2.json").read_text())["rows"] == rows
+    assert json.loads((tmp_path / "learning-n.2.json").read_text())["rows"] == rows
     # a resumed bench of fewer seeds keeps the summary's rows of the others (as SB3's rows join ours later)
     one = subprocess.run([*command[:3], "--seeds", "4", *command[6:]], cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert one.returncode == 0 and one.stderr.count("finished before, record kept") == 1, one.stderr
-    summary = json.loads((tmp_path / "learning-nstep2.json").read_text())
+    summary = json.loads((tmp_path / "learning-n.2.json").read_text())
     assert summary["rows"] == rows and summary["command"].count("python -m bench.learning") == 2
 
 
