@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,10 +47,14 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
     """
     import optuna
 
+    claiming = threading.Lock()
+
     def objective(trial: optuna.Trial) -> float:
-        cell = trial.suggest_categorical("cell", cells)
-        if cell_taken(study, trial, cell):  # the grid's last cells are handed to every worker that asks
-            raise optuna.TrialPruned(f"{cell} is taken")
+        with claiming:  # this process's workers take a cell one at a time
+            cell = trial.suggest_categorical("cell", cells)
+            if cell_taken(study, trial, cell):  # the grid's last cells are handed to every worker that asks
+                raise optuna.TrialPruned(f"{cell} is taken")
+            trial.set_user_attr("claimed", True)
         try:
             result = run_cell(cell)
         except RuntimeError as error:
@@ -66,14 +71,16 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
 
 
 def cell_taken(study: optuna.Study, trial: optuna.Trial, cell: str) -> bool:
-    """Whether another trial has `cell`: one that finished it, or one running it that was created before `trial`
-    (of two workers handed the same cell at once, the first trial keeps it, so exactly one of them runs it)."""
+    """Whether another trial has `cell`: one that finished it, or one running it that claimed it (passed this check)
+    or was created before `trial`. Of two workers handed the same cell at once, the one that claims it first keeps
+    it, and of two that check before either claims, the older: so exactly one of them runs it."""
     import optuna
 
     running, complete = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
-    return any(other.params.get("cell") == cell and (other.state == complete or
-                                                     (other.state == running and other.number < trial.number))
-               for other in study.get_trials(deepcopy=False))  # `trial` itself is running, not before itself
+    return any(other.params.get("cell") == cell and other.number != trial.number
+               and (other.state == complete or (other.state == running and (other.number < trial.number
+                                                                            or other.user_attrs.get("claimed"))))
+               for other in study.get_trials(deepcopy=False))
 
 
 def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dict, dict]:

@@ -107,6 +107,14 @@ def test_of_two_workers_handed_the_same_last_cell_at_once_exactly_one_runs_it(tm
     first, second = study.ask(), study.ask()  # both asked before either ran: the grid hands both its one cell
     assert first.suggest_categorical("cell", cells) == second.suggest_categorical("cell", cells) == cells[0]
     assert [cell_taken(study, first, cells[0]), cell_taken(study, second, cells[0])] == [False, True]
+    # the newer trial checked first, before the older had its cell, and claimed it: the older yields
+    again = open_grid(f"sqlite:///{tmp_path / 'again.db'}", "test", cells)
+    older, newer = again.ask(), again.ask()
+    newer.suggest_categorical("cell", cells)
+    assert not cell_taken(again, newer, cells[0])
+    newer.set_user_attr("claimed", True)
+    older.suggest_categorical("cell", cells)
+    assert cell_taken(again, older, cells[0])
     ran: list[str] = []
     other = open_grid(f"sqlite:///{tmp_path / 'other.db'}", "test", cells)
     assert work(other, cells, lambda cell: ran.append(cell) or {"final": 0.0}, jobs=2) == [] and ran == cells
