@@ -84,8 +84,9 @@ class NoisyDense(keras.layers.Layer):
     def call(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
         outputs = keras.ops.matmul(inputs, self.kernel_mean) + self.bias_mean
         if training:  # W x with W's factorised noise is ((x * f(eps_in)) sigma_W) * f(eps_out): no matrix of noise
-            noise_in = scaled_noise(keras.random.normal((self.kernel_mean.shape[0],), seed=self.seed_generator))
-            noise_out = scaled_noise(keras.random.normal((self.units,), seed=self.seed_generator))
+            inputs_size = self.kernel_mean.shape[0]  # eps_in and eps_out in one draw: fewer ops in each training step
+            noise = scaled_noise(keras.random.normal((inputs_size + self.units,), seed=self.seed_generator))
+            noise_in, noise_out = noise[:inputs_size], noise[inputs_size:]
             outputs = outputs + keras.ops.matmul(inputs * noise_in, self.kernel_sigma) * noise_out \
                 + self.bias_sigma * noise_out
         return self.activation(outputs)
@@ -225,9 +226,9 @@ def _noisy_dense(activation: str) -> NumpyLayer:
         kernel_mean, kernel_sigma, bias_mean, bias_sigma = weights
         outputs = x @ kernel_mean + bias_mean
         if rng is not None:
-            noise_in, noise_out = (np.sign(e) * np.sqrt(np.abs(e)) for e in
-                                   (rng.standard_normal(len(kernel_mean), np.float32),
-                                    rng.standard_normal(len(bias_mean), np.float32)))
+            noise = rng.standard_normal(len(kernel_mean) + len(bias_mean), np.float32)
+            noise = np.sign(noise) * np.sqrt(np.abs(noise))
+            noise_in, noise_out = noise[:len(kernel_mean)], noise[len(kernel_mean):]
             outputs = outputs + ((x * noise_in) @ kernel_sigma) * noise_out + bias_sigma * noise_out
         return function(outputs)
     return noisy_dense
