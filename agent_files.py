@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import h5py
 
-from common import UserError, atomic_write, import_agent_class
+from common import UserError, atomic_write, import_agent_class, stem_file
 from dqn_config import DQNConfig
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ DESCRIPTION_ATTRIBUTE = "dqn_agent"
 
 def weights_path(stem: Path) -> Path:
     """``STEM.weights.h5``."""
-    return stem.with_name(stem.name + ".weights.h5")
+    return stem_file(stem, ".weights.h5")
 
 
 def describe(agent: DeepQLearning, env_id: str, seed: int) -> dict[str, Any]:

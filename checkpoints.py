@@ -32,7 +32,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from common import UserError, atomic_write
+from common import UserError, atomic_write, stem_file
 
 if TYPE_CHECKING:
     from dqn_agent import DeepQLearning
@@ -42,7 +42,7 @@ STATE_ATTRIBUTE = "training_state"
 
 def checkpoint_path(stem: Path) -> Path:
     """``STEM.checkpoint.h5``."""
-    return stem.with_name(stem.name + ".checkpoint.h5")
+    return stem_file(stem, ".checkpoint.h5")
 
 
 @dataclass
@@ -116,7 +116,7 @@ def unfinished_run_step(stem: Path) -> int | None:
         return None
     try:
         state = read_checkpoint_state(path)
-        record_path = stem.with_name(stem.name + ".json")
+        record_path = stem_file(stem, ".json")
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     except (UserError, ValueError, OSError):
         return None

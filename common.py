@@ -151,6 +151,12 @@ def figure_bytes(figure: Any, dpi: int) -> bytes:
     return buffer.getvalue()
 
 
+def stem_file(stem: Path, suffix: str) -> Path:
+    """``NAME`` + `suffix` beside the output stem NAME (``.json``, ``.weights.h5``...): appended, never by
+    `Path.with_suffix`, which takes a dot inside NAME (a variant such as ``lr1.25e-4``) for a suffix to replace."""
+    return stem.with_name(stem.name + suffix)
+
+
 def lock_path(stem: Path) -> Path:
     """``.NAME.lock`` beside the output stem NAME: the lock a run holds while it writes there."""
     return stem.with_name(f".{stem.name}.lock")

@@ -54,6 +54,7 @@ from common import (
     remove_leftover_temporaries,
     run_cli,
     seed_argument,
+    stem_file,
     summarize,
     write_problem,
 )
@@ -351,7 +352,7 @@ def write_history(stem: Path, result: TrainingResult, threshold: float | None) -
                          for e in result.evaluations if "confirmation_mean" in e],
                       key=lambda row: row[1]):
         writer.writerow(row)
-    atomic_write_text(stem.with_name(stem.name + ".csv"), table.getvalue())
+    atomic_write_text(stem_file(stem, ".csv"), table.getvalue())
 
     figure, axes = plt.subplots(figsize=(8, 4.5))
     if result.episodes:
@@ -376,7 +377,7 @@ def write_history(stem: Path, result: TrainingResult, threshold: float | None) -
     figure.tight_layout()
     content = figure_bytes(figure, dpi=100)
     plt.close(figure)
-    atomic_write(stem.with_name(stem.name + ".png"), content)
+    atomic_write(stem_file(stem, ".png"), content)
 
 
 def library_versions() -> dict[str, str]:
@@ -645,7 +646,7 @@ def shown(value: object) -> str:
 def run_files(stem: Path) -> list[Path]:
     """The files a run writes at `stem`."""
     return [weights_path(stem), checkpoint_path(stem),
-            *(stem.with_name(stem.name + suffix) for suffix in (".json", ".csv", ".png"))]
+            *(stem_file(stem, suffix) for suffix in (".json", ".csv", ".png"))]
 
 
 def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
@@ -769,7 +770,7 @@ def train(command: Command, argv: list[str]) -> int:
     if not interrupted and result.failure is None:
         final_returns = final_evaluation(agent, settings)
     try:
-        atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(
+        atomic_write_text(stem_file(stem, ".json"), json.dumps(
             run_record(agent, settings, command.preset, result, final_returns, argv), indent=2) + "\n")
         write_history(stem, result, settings.reward_threshold)
     except WriteError as error:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.timed import machine, run_timed
-from common import atomic_write_text, run_cli
+from common import atomic_write_text, run_cli, stem_file
 
 VARIANTS = {
     "DQN": ["--n-step", "1"],  # the CartPole-v1 preset's own n-step returns off
@@ -58,7 +58,7 @@ def main() -> None:
                                   "--no-progress", "--no-tensorboard", "--out", str(stem), *flags)
                 if timed.returncode != 0:
                     sys.exit(f"bench: train.py {variant} on {env_id} failed:\n{timed.stderr[-2000:]}")
-                record = json.loads(stem.with_suffix(".json").read_text())
+                record = json.loads(stem_file(stem, ".json").read_text())
                 rate = record["steps"] / (record["seconds"] - record["eval_seconds"])
                 rates.setdefault((env_id, variant), []).append(rate)
                 print(f"{env_id} {variant}: {rate:.0f} steps/s", file=sys.stderr, flush=True)

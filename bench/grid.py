@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.timed import run_timed
 from checkpoints import unfinished_run_step
-from common import atomic_write_text
+from common import atomic_write_text, stem_file
 from tune import open_study
 
 if TYPE_CHECKING:
@@ -103,8 +103,8 @@ def timed_cell(stem: Path, command: list[str], finished: bool = True) -> tuple[d
 
     :raises RuntimeError: if the command fails, with its last line.
     """
-    record_path = stem.with_name(stem.name + ".json")
-    timing_path = stem.with_name(stem.name + ".timed.json")
+    record_path = stem_file(stem, ".json")
+    timing_path = stem_file(stem, ".timed.json")
     if not (finished and record_path.is_file() and timing_path.is_file()):
         timed = run_timed(*command)
         if timed.returncode != 0:  # its own last line, before GNU time's report

@@ -39,7 +39,15 @@ from pathlib import Path
 from bench.sb3_dqn import RL_ZOO
 from bench.timed import machine, run_timed
 from checkpoints import unfinished_run_step
-from common import atomic_write, atomic_write_text, figure_bytes, output_lock, run_cli, seed_argument
+from common import (
+    atomic_write,
+    atomic_write_text,
+    figure_bytes,
+    output_lock,
+    run_cli,
+    seed_argument,
+    stem_file,
+)
 from environments import reward_threshold
 
 AGENTS = {"dqn": "this project (Keras)", "sb3": "Stable-Baselines3 DQN (RL-Zoo settings; MinAtar: ours)"}
@@ -54,16 +62,15 @@ def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], s
         its checkpoint (``train.py --resume`` with the same flags).
     """
     name = "-".join(part for part in (agent, variant, env_id.replace("/", "-"), str(seed)) if part)
-    record_path = runs / f"{name}.json"
-    timing_path = runs / f"{name}.timed.json"
+    stem = runs / name
+    record_path, timing_path = stem_file(stem, ".json"), stem_file(stem, ".timed.json")
     budget = [] if total_steps is None else ["--total-steps", str(total_steps)]
     if resume and record_path.is_file() and timing_path.is_file() and (
-            agent != "dqn" or unfinished_run_step(record_path.with_suffix("")) is None):
+            agent != "dqn" or unfinished_run_step(stem) is None):
         timing = json.loads(timing_path.read_text())
         print(f"{name}: finished before, record kept", file=sys.stderr, flush=True)
         return row_of(agent, seed, env_id, json.loads(record_path.read_text()), **timing)
     if agent == "dqn":
-        stem = record_path.with_suffix("")
         again = ["--resume", str(stem)] if resume and unfinished_run_step(stem) is not None else []
         timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(stem), "--no-progress",
                           *budget, *extra, *again)
@@ -183,8 +190,7 @@ def main() -> None:
     stem = args.out / "-".join(part for part in ("learning", None if args.env == "CartPole-v1" else
                                                  args.env.replace("/", "-"), args.variant) if part)
     command = " ".join(["python -m bench.learning", *sys.argv[1:]])
-    # named by appending, not with_suffix: a variant such as "lr1.25e-4" holds a dot of its own
-    summary_path, picture_path = (stem.with_name(stem.name + suffix) for suffix in (".json", ".png"))
+    summary_path, picture_path = (stem_file(stem, suffix) for suffix in (".json", ".png"))
     rows: list[dict] = []
     if args.resume and summary_path.is_file():  # rows from an earlier run (e.g. ours, where this one adds SB3's)
         before = json.loads(summary_path.read_text())

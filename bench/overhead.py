@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.timed import machine, run_timed
-from common import atomic_write_text, run_cli
+from common import atomic_write_text, run_cli, stem_file
 
 
 def training_rate(runs: Path, logs: list[str]) -> float:
@@ -31,7 +31,7 @@ def training_rate(runs: Path, logs: list[str]) -> float:
                       "--tensorboard", str(runs / "overhead-logs"), *logs)
     if timed.returncode != 0:
         sys.exit(f"bench: train.py failed:\n{timed.stderr[-2000:]}")
-    record = json.loads(stem.with_suffix(".json").read_text())
+    record = json.loads(stem_file(stem, ".json").read_text())
     return record["steps"] / (record["seconds"] - record["eval_seconds"])
 
 

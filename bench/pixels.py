@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.timed import machine, run_timed
-from common import atomic_write_text, run_cli
+from common import atomic_write_text, run_cli, stem_file
 
 THROUGHPUT = {
     "ALE/Pong-v5": ["--total-steps", "6000", "--learning-starts", "1000"],
@@ -36,7 +36,7 @@ def train_timed(env_id: str, flags: list[str], out: Path) -> dict:
                       *flags)
     if timed.returncode != 0:
         sys.exit(f"bench: train.py --env {env_id} failed:\n{timed.stderr[-2000:]}")
-    record = json.loads(out.with_suffix(".json").read_text())
+    record = json.loads(stem_file(out, ".json").read_text())
     return {**record, "peak_mb": round(timed.peak_mb)}
 
 

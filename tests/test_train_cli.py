@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_program
 
 import train
-from agent_files import load_agent
+from agent_files import load_agent, weights_path
+from common import stem_file
 from dqn_config import DQNConfig
 
 # a short run on a small network: enough to exercise every part of the loop in a few seconds
@@ -198,3 +199,9 @@ def test_the_early_stop_needs_the_confirmations_lower_bound_at_the_target():
     assert not train.reached_target({"confirmation_mean": 483.5, "confirmation_lower_bound": bound}, 475)
     assert train.reached_target({"confirmation_lower_bound": train.lower_confidence_bound(np.full(100, 500.0))}, 475)
     assert not train.reached_target({"mean": 500.0}, 475)  # an evaluation without a confirmation never stops a run
+
+
+def test_an_output_stem_with_a_dot_keeps_its_whole_name_in_every_file(tmp_path):
+    stem = tmp_path / "dqn-lr1.25e-4-MinAtar-Breakout-v1-0"  # Path.with_suffix would cut it at "lr1"
+    assert stem_file(stem, ".json") == tmp_path / "dqn-lr1.25e-4-MinAtar-Breakout-v1-0.json"
+    assert weights_path(stem) == tmp_path / "dqn-lr1.25e-4-MinAtar-Breakout-v1-0.weights.h5"
