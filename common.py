@@ -275,18 +275,44 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+_stop_signals: list[int] = []  # Ctrl-C and SIGTERM received by this command, kept even when Python lost them
+
+
 def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+    _stop_signals.append(signum)
     raise KeyboardInterrupt
+
+
+def _hide_lost_stops(unraisable: Any) -> None:
+    """Python's hook for exceptions it cannot raise, quiet about a KeyboardInterrupt that `raise_if_stopped`
+    raises again in its place: a user who pressed Ctrl-C sees no "Exception ignored" traceback."""
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _stop_signals):
+        sys.__unraisablehook__(unraisable)
+
+
+def raise_if_stopped() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM has asked this command to stop.
+
+    Python raises a signal's KeyboardInterrupt wherever the main thread happens to be, and when that is a
+    finalizer (a ``__del__``, a weak reference's callback run by the garbage collector) it prints "Exception
+    ignored in" and carries on: seen in CI, where tune.py went on running trials after Ctrl-C. Loops that run
+    for long call this once per iteration, so that no stop is lost.
+    """
+    if _stop_signals:
+        raise KeyboardInterrupt
 
 
 def run_cli(main: Callable[[list[str] | None], int]) -> None:
     """Run a command's `main` and exit with its status; a UserError becomes one line on stderr, exit 2.
 
     SIGTERM (``kill``, ``docker stop``, a batch scheduler's time limit) stops it as Ctrl-C does: what was
-    written so far is kept, and train.py says how to resume.
+    written so far is kept, and train.py says how to resume. Both are remembered for `raise_if_stopped`.
     """
     program = Path(sys.argv[0]).name
-    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
+    _stop_signals.clear()
+    for name in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(name, _stop_as_ctrl_c)
+    sys.unraisablehook = _hide_lost_stops
     try:
         status = main(None)
     except WriteError as error:  # not the user's input: the machine's; exit 1 as any failed run

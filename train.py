@@ -51,6 +51,7 @@ from common import (
     figure_bytes,
     import_agent_class,
     output_lock,
+    raise_if_stopped,
     remove_leftover_temporaries,
     run_cli,
     seed_argument,
@@ -268,6 +269,7 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                 if result.solved_step is not None:
                     break
             bar.update(1)
+            raise_if_stopped()  # a Ctrl-C that Python lost in a finalizer still ends the run here
     except KeyboardInterrupt:
         result.stop_reason = "interrupted"
     except WriteError as error:  # a full disk, a read-only or vanished folder: what was written before stays whole

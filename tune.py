@@ -47,6 +47,7 @@ from common import (
     ensure_writable_dir,
     figure_bytes,
     output_lock,
+    raise_if_stopped,
     run_cli,
     seed_argument,
 )
@@ -212,7 +213,7 @@ def open_study(storage: str, name: str, direction: str, pruner: str, sampler: op
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
                "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(5):
         try:
@@ -223,12 +224,21 @@ def open_study(storage: str, name: str, direction: str, pruner: str, sampler: op
                                                       grace_period=STALE_SECONDS, heartbeat_stale_trial_callback=retry)
             return optuna.create_study(storage=database, study_name=name, sampler=sampler,
                                        direction=direction, pruner=pruners[pruner](), load_if_exists=True)
-        except IntegrityError:  # workers started together raced to create the tables or the study: join it
+        except (IntegrityError, ProgrammingError) as error:
+            # workers started together raced to create the tables, their types or the study: join what won.
+            # PostgreSQL reports a lost race as a duplicate key, or as "type ... already exists" when the
+            # winner committed between this worker's check and its own CREATE
+            if isinstance(error, ProgrammingError) and "already exists" not in str(error):
+                raise UserError(f"cannot open the study in --storage {storage}: {first_line_of(error)}") from error
             time.sleep(0.2 * (attempt + 1))
         except Exception as error:  # SQLAlchemy's ArgumentError, OperationalError, NoSuchModuleError, ...
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot open the study in --storage {storage}: {first_line}") from error
+            raise UserError(f"cannot open the study in --storage {storage}: {first_line_of(error)}") from error
     raise UserError(f"cannot open the study in --storage {storage}: other workers kept creating it")
+
+
+def first_line_of(error: Exception) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def start_workers(count: int, argv: list[str], storage: str, study: str) -> list[subprocess.Popen]:
@@ -364,6 +374,7 @@ def wait_for_running_trials(study: optuna.Study, poll_seconds: float = 2.0) -> N
         with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
             optuna.storages.fail_stale_trials(study)
         time.sleep(poll_seconds)
+        raise_if_stopped()
 
 
 def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

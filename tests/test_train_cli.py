@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_one_line_error, run_program
 
+import common
 import train
 from agent_files import load_agent, weights_path
 from common import stem_file
@@ -127,6 +129,40 @@ def test_ctrl_c_or_kill_stops_cleanly_and_keeps_the_best_weights(tmp_path, stop)
     assert record["stop_reason"] == "interrupted" and record["steps"] < 1_000_000
     agent, _ = load_agent(weights)
     assert agent.main_network.count_params() > 0
+
+
+def test_a_ctrl_c_that_python_lost_in_a_finalizer_still_ends_the_run_after_that_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "_stop_signals", [])  # this test's own record of stops, gone after it
+    # a signal that lands while the garbage collector runs a finalizer raises there, and Python drops it
+    with contextlib.suppress(KeyboardInterrupt):
+        common._stop_as_ctrl_c(signal.SIGINT, None)
+    settings, config = quick_settings(tmp_path)
+    result = train.run_training(train.build_agent(settings, config), settings, progress=False)
+    assert result.stop_reason == "interrupted" and result.steps == 1
+
+
+def test_a_command_whose_ctrl_c_python_lost_in_a_finalizer_exits_130_without_a_traceback():
+    program = """
+import gc, signal, sys
+sys.path.insert(0, sys.argv[1])
+from common import raise_if_stopped, run_cli
+
+class Finalized:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)  # the signal lands while a finalizer runs
+
+def main(argv):
+    Finalized()
+    gc.collect()
+    print("went on")  # as Python does: the KeyboardInterrupt raised in the finalizer is dropped
+    raise_if_stopped()
+    return 0
+
+run_cli(main)
+"""
+    result = subprocess.run([sys.executable, "-c", program, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130 and result.stdout == "went on\n"
+    assert result.stderr == "-c: interrupted\n"
 
 
 def test_a_diverging_loss_stops_training_and_keeps_the_last_good_weights(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from conftest import ROOT, assert_one_line_error, run_program
 
 import train
@@ -86,7 +87,7 @@ def test_ctrl_c_ends_the_study_and_keeps_its_finished_trials(tmp_path):
         try:
             if finished(storage, "dqn-CartPole-v1"):
                 break
-        except KeyError:  # the study is not created yet
+        except (KeyError, sqlalchemy.exc.IntegrityError):  # the study is not created yet, or being created
             continue
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -196,3 +197,25 @@ def test_a_new_study_starts_from_the_environments_preset():
     assert set(params) == set(space)  # the preset lies inside its own search space
     assert params["hidden_sizes"] == "[64, 64]" and params["learning_rate"] == preset["learning_rate"]
     assert tune.preset_params({**preset, "learning_rate": 1.0}, space).keys() == set(space) - {"learning_rate"}
+
+
+def test_workers_that_open_a_new_study_at_the_same_moment_all_join_it(postgres):
+    """Workers started together race to create Optuna's tables and types in an empty database; PostgreSQL
+    refuses all but one ("type studydirection already exists"), and the others join what that one created."""
+    count = 6
+    barrier, opened, errors = threading.Barrier(count), [], []
+
+    def open_at_once() -> None:
+        barrier.wait()
+        try:
+            opened.append(tune.open_study(postgres, "raced", "maximize", "none").study_name)
+        except tune.UserError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=open_at_once) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and opened == ["raced"] * count
+    assert [s.study_name for s in optuna.get_all_study_summaries(postgres)] == ["raced"]
