@@ -2,6 +2,7 @@
 
     python -m bench.costs             # CartPole-v1's agent, and replay memory at 100k transitions
     python -m bench.costs --atari     # an Atari 100k run's pieces, on ALE/Pong-v5 with the drq and der presets
+    python -m bench.costs --rainbow   # a MinAtar training phase: DQN, Rainbow, and Rainbow less each component
 
 Times each call on the default agent (64-64, batch 64) with a replay buffer of 35,000 CartPole-v1
 transitions (the size at which the defaults solve it), median of 5 rounds. Then acting with noisy networks and
@@ -12,6 +13,11 @@ drawn at once, their priorities updated after it: the default ``priority_updates
 With ``--atari``, the pieces of an Atari 100k step (one update per environment step) on Pong: the environment,
 acting (the Nature CNN in one compiled call), drawing a minibatch of 32 from stored frames, DrQ's random shifts
 alone, a whole update with and without them, DER's update, and the target copy DrQ makes after every update.
+
+With ``--rainbow``, where Rainbow's speed goes: one training phase of MinAtar/Breakout-v1's preset (4 gradient
+steps on minibatches of 32, sampling included) for DQN (one-step targets), Rainbow (``--agent rainbow``) and
+Rainbow with each of its components off in turn, the agents timed in turn within each of 7 rounds of 100 phases
+(so that a change in the machine's load hits them alike), median of the rounds; then acting once with each.
 """
 
 from __future__ import annotations
@@ -30,16 +36,16 @@ from environments import make_env
 from presets import agent_presets_dir, find_preset
 
 
-def milliseconds(call: Callable[[], object], repeats: int, per: int = 1) -> float:
-    """Median over 5 rounds of `repeats` calls, per call (divided by `per` more, e.g. per gradient step)."""
+def milliseconds(call: Callable[[], object], repeats: int, per: int = 1, rounds: int = 5) -> float:
+    """Median over `rounds` rounds of `repeats` calls, per call (divided by `per` more, e.g. per gradient step)."""
     call()
-    rounds = []
-    for _ in range(5):
+    times = []
+    for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(repeats):
             call()
-        rounds.append((time.perf_counter() - start) / repeats / per * 1000)
-    return statistics.median(rounds)
+        times.append((time.perf_counter() - start) / repeats / per * 1000)
+    return statistics.median(times)
 
 
 def fill_with_random_play(env: object, agents: Iterable, steps: int, seed: int) -> np.ndarray:
@@ -105,6 +111,32 @@ def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
     ]
 
 
+def rainbow_rows(agent_class: type, env_id: str = "MinAtar/Breakout-v1") -> list[tuple[str, float]]:
+    """A training phase of `env_id`'s preset for DQN, Rainbow and Rainbow less each component, interleaved."""
+    env = make_env(env_id)
+    dqn = find_preset(env_id).config
+    rainbow = find_preset(env_id, agent_presets_dir("rainbow")).over(find_preset(env_id)).config
+    configs = {"DQN (one-step targets)": {**dqn, "n_step": 1}, "Rainbow": rainbow,
+               **{f"Rainbow without {name}": {**rainbow, field: False, **extra} for name, field, extra in (
+                   ("noisy networks", "noisy_nets", {}), ("C51", "distributional", {"loss": dqn["loss"]}),
+                   ("the dueling head", "dueling", {}), ("Double DQN", "double_dqn", {}),
+                   ("prioritized replay", "prioritized_replay", {}))}}
+    agents = {name: agent_class(env.observation_space.shape, int(env.action_space.n), DQNConfig(**config))
+              for name, config in configs.items()}
+    state = fill_with_random_play(env, agents.values(), 5_000, seed=0)
+    steps = agents["Rainbow"].config.gradient_steps
+    rounds: dict[str, list[float]] = {name: [] for name in agents}
+    for agent in agents.values():
+        milliseconds(lambda agent=agent: agent.training_phase(steps), 10)  # traced, and warm
+    for _ in range(7):
+        for name, agent in agents.items():
+            rounds[name].append(milliseconds(lambda agent=agent: agent.training_phase(steps), 100, rounds=1))
+    phases = [(f"`training_phase({steps})`, {name}", statistics.median(times)) for name, times in rounds.items()]
+    acting = [(f"`act(state, 0)`, {name}", milliseconds(lambda agent=agent: agent.act(state, 0.0), 2000))
+              for name, agent in agents.items() if name in ("DQN (one-step targets)", "Rainbow")]
+    return phases + acting
+
+
 def tf_function(function: Callable) -> Callable:
     """`function` compiled by `tf.function`, called on NumPy arrays."""
     import tensorflow as tf
@@ -115,16 +147,19 @@ def tf_function(function: Callable) -> Callable:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--atari", action="store_true", help="the pieces of an Atari 100k step instead")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--atari", action="store_true", help="the pieces of an Atari 100k step instead")
+    kind.add_argument("--rainbow", action="store_true", help="a MinAtar training phase, DQN against Rainbow and "
+                      "Rainbow less each component, instead")
     args = parser.parse_args()
     agent_class = import_agent_class()
     import keras
 
     keras.utils.set_random_seed(0)
-    if args.atari:
+    if args.atari or args.rainbow:
         print(f"machine: {machine()}")
         print("| call | ms |\n|---|---|")
-        for name, cost in atari_rows(agent_class):
+        for name, cost in (atari_rows if args.atari else rainbow_rows)(agent_class):
             print(f"| {name} | {cost:.3f} |")
         return
     env = make_env("CartPole-v1")
