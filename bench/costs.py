@@ -22,7 +22,6 @@ Rainbow with each of its components off in turn, the agents timed in turn within
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from bench.timed import machine
-from common import import_agent_class
+from common import OneLineErrorParser, import_agent_class
 from dqn_config import DQNConfig
 from environments import make_env
 from presets import agent_presets_dir, find_preset
@@ -114,8 +113,9 @@ def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
 def rainbow_rows(agent_class: type, env_id: str = "MinAtar/Breakout-v1") -> list[tuple[str, float]]:
     """A training phase of `env_id`'s preset for DQN, Rainbow and Rainbow less each component, interleaved."""
     env = make_env(env_id)
-    dqn = find_preset(env_id).config
-    rainbow = find_preset(env_id, agent_presets_dir("rainbow")).over(find_preset(env_id)).config
+    preset = find_preset(env_id)
+    dqn = preset.config
+    rainbow = find_preset(env_id, agent_presets_dir("rainbow")).over(preset).config
     configs = {"DQN (one-step targets)": {**dqn, "n_step": 1}, "Rainbow": rainbow,
                **{f"Rainbow without {name}": {**rainbow, field: False, **extra} for name, field, extra in (
                    ("noisy networks", "noisy_nets", {}), ("C51", "distributional", {"loss": dqn["loss"]}),
@@ -146,7 +146,7 @@ def tf_function(function: Callable) -> Callable:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="bench.costs", description=__doc__.splitlines()[0])
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--atari", action="store_true", help="the pieces of an Atari 100k step instead")
     kind.add_argument("--rainbow", action="store_true", help="a MinAtar training phase, DQN against Rainbow and "
