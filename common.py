@@ -276,10 +276,19 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 _stop_signals: list[int] = []  # Ctrl-C and SIGTERM received by this command, kept even when Python lost them
+_stop_callbacks: list[Callable[[], None]] = []
+
+
+def on_stop(callback: Callable[[], None]) -> None:
+    """Call `callback` (in the signal handler: quick, no locks) when Ctrl-C or SIGTERM asks a `run_cli` command to
+    stop, before its KeyboardInterrupt is raised: a bench passes the stop on to the runs it waits for in threads."""
+    _stop_callbacks.append(callback)
 
 
 def _stop_as_ctrl_c(signum: int, frame: object) -> None:
     _stop_signals.append(signum)
+    for callback in _stop_callbacks:
+        callback()
     raise KeyboardInterrupt
 
 

@@ -15,8 +15,9 @@ The cells are handed out by an Optuna study whose `GridSampler` holds the grid, 
 in ``--out`` by default; PostgreSQL for many machines, as ``tune.py``'s workers share a study): every worker
 (``--jobs`` threads per command, each running one ``train.py`` at a time) asks the study for a cell nobody has
 taken, trains it and tells the study its final score. A worker that dies stops its heartbeat; its cell is then
-failed and put back in the grid, and whoever takes it continues the run from its checkpoint. A cell whose run
-finished before is not trained again.
+failed and put back in the grid, and whoever takes it continues the run from its checkpoint. Ctrl-C stops the
+runs, each with its checkpoint, and puts their cells back; the next command continues them, and tries again any
+cell whose run failed. A cell whose run finished before is not trained again.
 
 The report: each game and variant's mean final score over its seeds with a 95% bootstrap interval, and across
 games the interquartile mean (IQM) of the scores normalised by DQN's mean on each game, with its stratified

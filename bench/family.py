@@ -4,7 +4,7 @@
     python -m bench.family --envs CartPole-v1 --repeats 3
 
 Each run is the real ``train.py`` with the environment's preset and one variant's flags (DQN, n-step returns,
-the dueling head, prioritized replay, all three, noisy networks, C51, Rainbow), under ``/usr/bin/time -v``, for
+the dueling head, prioritized replay, all three, noisy networks, C51, Rainbow), each timed, for
 a fixed number of steps with no early stop and one evaluation episode at the end, past the preset's
 ``learning_starts`` so that its update schedule runs. Variants are interleaved, so that a change in the
 machine's load hits them alike; steps/s excludes the evaluation. Prints each variant's median steps/s and its

@@ -4,7 +4,9 @@ Used by ``bench.ablation`` and ``bench.atari100k``. The study's `GridSampler` ho
 every worker reaches (an SQLite file for one machine, PostgreSQL for many, as ``tune.py``'s workers share a
 study): a worker asks the study for a cell nobody has taken, trains it, and tells the study its score. A worker
 that dies stops its heartbeat; its cell is then failed and put back in the grid, and whoever takes it next
-continues the run from its checkpoint. A cell whose run finished before is not trained again.
+continues the run from its checkpoint. A command stopped by Ctrl-C or SIGTERM stops its runs (each keeps its
+checkpoint) and puts their cells back the same way; a cell whose run failed is tried again by the next command.
+A cell whose run finished before is not trained again.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
     """Take cells from the study and run them, `jobs` at a time, until none is left untaken.
 
     :param run_cell: trains one cell (or keeps its finished run) and returns its result, whose ``final`` is the
-        cell's score; a RuntimeError fails the cell, with its message kept.
-    :return: the messages of the cells that failed.
+        cell's score; a RuntimeError fails the cell, with its message kept (the next call tries it again), and a
+        KeyboardInterrupt (a stop) puts it back in the grid and is raised.
+    :return: the messages of the cells that failed and are still unfinished.
     """
     import optuna
 
@@ -57,6 +60,9 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
             trial.set_user_attr("claimed", True)
         try:
             result = run_cell(cell)
+        except KeyboardInterrupt:  # stopped, not failed: the cell goes back in the grid, to go on from its checkpoint
+            put_back(study, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
+            raise
         except RuntimeError as error:
             trial.set_user_attr("error", str(error))
             raise
@@ -65,9 +71,14 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
         print(f"{cell.replace('|', ' ')}: final {result['final']:.2f}", file=sys.stderr, flush=True)
         return result["final"]
 
+    for trial in stopped_or_failed(study, cells):  # tried again, as a cell whose worker died is
+        put_back(study, trial)
     if unfinished_cells(study, cells):
         study.optimize(objective, n_jobs=jobs, catch=(RuntimeError,))
-    return [trial.user_attrs["error"] for trial in study.get_trials(deepcopy=False) if "error" in trial.user_attrs]
+    unfinished = unfinished_cells(study, cells)
+    errors = {trial.params["cell"]: trial.user_attrs["error"] for trial in study.get_trials(deepcopy=False)
+              if "error" in trial.user_attrs and trial.params.get("cell") in unfinished}  # each cell's latest
+    return list(errors.values())
 
 
 def cell_taken(study: optuna.Study, trial: optuna.Trial, cell: str) -> bool:
@@ -84,7 +95,7 @@ def cell_taken(study: optuna.Study, trial: optuna.Trial, cell: str) -> bool:
 
 
 def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dict, dict]:
-    """Run ``train.py`` for one cell at `stem` under ``/usr/bin/time``, continue it from its checkpoint if its last
+    """Run ``train.py`` for one cell at `stem`, timed, continue it from its checkpoint if its last
     worker died, or keep its finished run; return its record (``STEM.json``) and timing (``STEM.timed.json``).
 
     :param train_args: train.py's flags for a new run (its environment, seed and agent); `stem`, the budget, no
@@ -98,17 +109,20 @@ def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dic
 
 
 def timed_cell(stem: Path, command: list[str], finished: bool = True) -> tuple[dict, dict]:
-    """Run `command` (``python`` arguments) under ``/usr/bin/time`` unless the cell at `stem` has its record
+    """Run `command` (``python`` arguments), timed, unless the cell at `stem` has its record
     (``STEM.json``) and timing (``STEM.timed.json``) and `finished` allows keeping them; return both.
 
     :raises RuntimeError: if the command fails, with its last line.
+    :raises KeyboardInterrupt: if the command was stopped (Ctrl-C, SIGTERM).
     """
     record_path = stem_file(stem, ".json")
     timing_path = stem_file(stem, ".timed.json")
     if not (finished and record_path.is_file() and timing_path.is_file()):
         timed = run_timed(*command)
-        if timed.returncode != 0:  # its own last line, before GNU time's report
-            said = timed.stderr.split("\tCommand being timed")[0].strip().splitlines() or ["no message"]
+        if timed.stopped:  # Ctrl-C or SIGTERM, passed on by this bench or sent to the run: it has its checkpoint
+            raise KeyboardInterrupt
+        if timed.returncode != 0:
+            said = timed.stderr.strip().splitlines() or ["no message"]
             program = command[1] if command[0] == "-m" else command[0]
             raise RuntimeError(f"{stem.name}: {program} failed: {said[-1]}")
         atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
@@ -117,10 +131,33 @@ def timed_cell(stem: Path, command: list[str], finished: bool = True) -> tuple[d
 
 
 def unfinished_cells(study: optuna.Study, cells: list[str]) -> set[str]:
-    """The cells with neither a finished trial nor one whose run failed (a stale trial, whose worker died, is
-    neither: Optuna puts its cell back in the queue)."""
+    """The cells with no finished trial."""
     return set(cells) - {trial.params.get("cell") for trial in study.get_trials(deepcopy=False)
-                         if trial.state.name == "COMPLETE" or "error" in trial.user_attrs}
+                         if trial.state.name == "COMPLETE"}
+
+
+def stopped_or_failed(study: optuna.Study, cells: list[str]) -> list[optuna.trial.FrozenTrial]:
+    """The last trial of each cell whose every trial failed: its run failed, or it was stopped (Ctrl-C, SIGTERM)
+    without being put back. Optuna's grid does not hand these cells out again, since it counts a failed trial's
+    cell as visited. A trial that is running, waiting in the queue or finished holds its cell (one pruned, because
+    another trial had its cell, does not)."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    holding = (state.WAITING, state.RUNNING, state.COMPLETE)
+    held = {trial.params.get("cell") for trial in trials if trial.state in holding}
+    failed = {trial.params.get("cell"): trial for trial in trials if trial.state == state.FAIL}
+    return [trial for cell, trial in failed.items() if cell in set(cells) - held]
+
+
+def put_back(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue `trial`'s cell again, as Optuna's `RetryFailedTrialCallback` does for a trial whose worker died: a
+    waiting trial with its parameters and its place in the grid."""
+    import optuna
+
+    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
+                                        distributions=trial.distributions, system_attrs=trial.system_attrs))
 
 
 def finished_results(study: optuna.Study, cells: list[str]) -> list[dict]:

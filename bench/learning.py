@@ -6,8 +6,8 @@
     python -m bench.learning --env MinAtar/Breakout-v1 --sb3 --seeds 0 1 2 --total-steps 200000 --jobs 2
     python -m bench.learning --seeds $(seq 100 119) --jobs 2 -- --preset tuned/CartPole-v1.toml
 
-Each run is the real command (``python train.py --env ENV --seed N``; ``python -m bench.sb3_dqn ...``) under
-``/usr/bin/time -v``, one at a time, or ``--jobs`` at a time (a pool of processes on this machine: "every
+Each run is the real command (``python train.py --env ENV --seed N``; ``python -m bench.sb3_dqn ...``), timed
+(wall clock, peak memory), one at a time, or ``--jobs`` at a time (a pool of processes on this machine: "every
 seed" claims on 20 seeds in the time of a few; each run's seconds then share the cores). Both follow one
 protocol, the environment's preset's run settings: a greedy evaluation every ``eval_interval`` steps by the
 same code on the same episode seeds, a 100-episode confirmation on other starts of any evaluation that reaches
@@ -77,6 +77,8 @@ def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], s
     else:
         timed = run_timed("-m", "bench.sb3_dqn", "--env", env_id, "--seed", str(seed), "--budget", sb3_budget,
                           "--out", str(record_path), "--n-steps", str(sb3_n_steps), *budget)
+    if timed.stopped:  # by Ctrl-C or SIGTERM: it goes on from its checkpoint with --resume
+        raise KeyboardInterrupt
     if timed.returncode != 0:
         sys.exit(f"bench: {agent} seed {seed} failed:\n{timed.stderr[-2000:]}")
     timing = {"process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb)}

@@ -3,7 +3,7 @@ transition, and the peak memory of a run whose replay buffer holds 100,000 Atari
 
     python -m bench.pixels
 
-Each run is the real ``train.py`` with the game's preset under ``/usr/bin/time -v``:
+Each run is the real ``train.py`` with the game's preset, timed (wall clock, peak memory):
 - steps/s: a short run past ``learning_starts``, so that the preset's update schedule runs (Atari: one
   gradient step every 4 env steps; MinAtar: 4 every 4), evaluation excluded;
 - memory: ALE/Pong-v5 for 101,000 steps with learning from step 100,000 on, so the buffer holds

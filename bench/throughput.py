@@ -3,7 +3,7 @@
     python -m bench.throughput
 
 Runs ``train.py`` for 20,000 CartPole-v1 steps (no early stop, one evaluation episode at the end) in
-three update schedules, each under ``/usr/bin/time -v``: 128 gradient steps every 256 environment steps
+three update schedules, each timed (wall clock, peak memory): 128 gradient steps every 256 environment steps
 (0.5 per step, the defaults until tune.py found others), one gradient step per environment step done 4 at
 a time, and one gradient step after every single environment step. Steps/s excludes the evaluation episode. Then the
 tutorial loop (``bench.tutorial_loop``) over a short window. Writes ``throughput.json`` into ``--out``.

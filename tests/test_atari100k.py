@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -159,7 +158,6 @@ TINY_ATARI = ["--learning-starts", "20", "--batch-size", "4", "--buffer-size", "
               "--final-eval-episodes", "2", "--eval-epsilon", "1.0"]
 
 
-@pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
 def test_a_killed_run_goes_on_from_its_checkpoint_and_its_final_record_is_complete(tmp_path):
     stem = tmp_path / "runs" / "drq-Pong-0"  # its worker died after its first checkpoint: no record
     killed = run_program("train.py", "--env", "ALE/Pong-v5", "--agent", "drq", "--seed", "0", "--out", str(stem),

@@ -1,9 +1,8 @@
-"""The learning benchmark's pipeline on one tiny run: real train.py under /usr/bin/time, read back."""
+"""The learning benchmark's pipeline on one tiny run: real train.py, timed, read back."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ from conftest import ROOT, run_program
 from test_train_cli import QUICK
 
 
-@pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
 def test_learning_bench_tabulates_real_runs_and_keeps_each_as_it_ends(tmp_path):
     bench = subprocess.Popen([sys.executable, "-m", "bench.learning", "--seeds", "3", "4", "--out", str(tmp_path), "--",
                               *QUICK], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -56,7 +54,6 @@ def test_curve_of_a_stem_without_a_checkpoint_is_one_line_and_a_non_zero_exit(tm
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
 def test_a_stopped_learning_bench_goes_on_where_it_was_with_resume(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -120,7 +117,42 @@ def test_of_two_workers_handed_the_same_last_cell_at_once_exactly_one_runs_it(tm
     assert work(other, cells, lambda cell: ran.append(cell) or {"final": 0.0}, jobs=2) == [] and ran == cells
 
 
-@pytest.mark.skipif(shutil.which("/usr/bin/time") is None, reason="GNU time is not installed")
+def test_a_stopped_or_failed_cell_goes_back_in_the_grid_and_the_next_command_runs_it(tmp_path):
+    from bench.grid import open_grid, work
+
+    cells = ["a|x|0", "b|x|0", "c|x|0"]
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    ran: list[str] = []
+
+    def stopped_at_the_second(cell: str) -> dict:
+        ran.append(cell)
+        if len(ran) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or a run that Ctrl-C or SIGTERM stopped
+        return {"final": 1.0}
+
+    with pytest.raises(KeyboardInterrupt):
+        work(open_grid(storage, "test", cells), cells, stopped_at_the_second, jobs=1)
+    first, stopped = ran
+    again: list[str] = []
+    assert work(open_grid(storage, "test", cells), cells, lambda cell: again.append(cell) or {"final": 2.0}, 1) == []
+    assert again[0] == stopped and sorted(again) == sorted(set(cells) - {first})  # the stopped cell first, once
+
+    ran.clear()
+    failing = f"sqlite:///{tmp_path / 'failing.db'}"
+
+    def failing_at_the_second(cell: str) -> dict:
+        ran.append(cell)
+        if len(ran) == 2:
+            raise RuntimeError(f"{cell}: train.py failed: No space left on device")
+        return {"final": 1.0}
+
+    assert work(open_grid(failing, "test", cells), cells, failing_at_the_second, jobs=1) == [
+        f"{ran[1]}: train.py failed: No space left on device"]
+    again.clear()  # the disk freed, the same command again: the failed cell is tried again, and nothing else
+    assert work(open_grid(failing, "test", cells), cells, lambda cell: again.append(cell) or {"final": 2.0}, 1) == []
+    assert again == [ran[1]]
+
+
 def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it_was(tmp_path):
     import optuna
 
@@ -153,3 +185,52 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
     after = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'ablation.db'}").trials
     assert len(after) == len(study.trials)
     assert json.loads((tmp_path / "ablation.json").read_text())["cells"] == results["cells"]
+
+
+def test_a_timed_run_reports_its_exit_status_output_and_peak_memory():
+    from bench.timed import run_timed
+
+    timed = run_timed("-c", "import sys; block = bytearray(300 * 2**20); print(len(block)); sys.exit(3)")
+    assert timed.returncode == 3 and not timed.stopped and timed.stdout.strip() == str(300 * 2**20)
+    assert 300 < timed.peak_mb < 600 and timed.wall_seconds > 0
+
+
+# a run that says when it started and, on Ctrl-C, that it stopped; left alone it would run for a minute
+STOPPABLE = """import os, pathlib, signal, sys, time
+def stop(*_):
+    pathlib.Path(sys.argv[2]).write_text("stopped")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+time.sleep(60)
+"""
+
+# a bench that waits for one such run in a worker thread, as bench.learning --jobs and bench.grid's workers do
+BENCH = """import sys
+from concurrent.futures import ThreadPoolExecutor
+from bench.timed import run_timed
+from common import run_cli
+def main(_):
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run_timed, "-c", sys.argv[1], sys.argv[2], sys.argv[3]).result().returncode
+run_cli(main)
+"""
+
+
+def test_a_bench_stopped_on_its_own_stops_the_run_it_waits_for_and_leaves_none_behind(tmp_path):
+    import os
+    import signal
+
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
+    bench = subprocess.Popen([sys.executable, "-c", BENCH, STOPPABLE, str(started), str(stopped)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(started.read_text())
+    bench.send_signal(signal.SIGINT)  # to the bench alone, as `kill -INT` does: not to its process group
+    _, stderr = bench.communicate(timeout=30)  # not the child's minute
+    assert bench.returncode == 130 and "interrupted" in stderr, stderr
+    assert stopped.read_text() == "stopped"  # the run was told, and could save what it had
+    assert not os.path.exists(f"/proc/{child}")  # and it was waited for: nothing left running
