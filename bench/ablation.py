@@ -82,18 +82,21 @@ def grid(args: argparse.Namespace) -> list[str]:
     return cells
 
 
-def run_cell(cell: str, args: argparse.Namespace) -> dict:
+def run_cell(cell: str, args: argparse.Namespace, train: bool = True) -> dict:
     """Train one cell (or continue it from its checkpoint, or keep its finished record); return its result. A
-    QR-DQN cell is ``python -m bench.sb3_dqn --algo qrdqn``, which keeps no checkpoint: a died one starts again."""
+    QR-DQN cell is ``python -m bench.sb3_dqn --algo qrdqn``, which keeps no checkpoint: a died one starts again.
+
+    :param train: False to keep a finished record only (FileNotFoundError if there is none)."""
     game, variant, seed = cell.split("|")
     name = "-".join([variant.replace(" - ", "-no-").replace(" ", "-"), game.replace("/", "-"), seed]).lower()
     if variant == QR_DQN:
         stem = args.out / "runs" / name.replace("(", "").replace(")", "")
         record, timing = timed_cell(stem, ["-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn",
-                                           "--total-steps", str(args.total_steps), "--out", f"{stem}.json"])
+                                           "--total-steps", str(args.total_steps), "--out", f"{stem}.json"],
+                                    train=train)
     else:
         record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
-                                                               *args.train_flags], args.total_steps)
+                                                               *args.train_flags], args.total_steps, train)
     return {"game": game, "variant": variant, "seed": int(seed), "final": record["final_evaluation"]["mean"],
             "steps_per_second": round(record["steps"] / (record["seconds"] - record["eval_seconds"])), **timing}
 
@@ -102,7 +105,7 @@ def report(study: optuna.Study, args: argparse.Namespace) -> dict:
     """The finished cells' table, per game and variant, and the IQM across games; printed, and returned."""
     from rliable import metrics
 
-    rows = finished_results(study, grid(args))
+    rows = finished_results(study, grid(args), lambda cell: run_cell(cell, args, train=False))
     results: dict = {"machine": machine(), "command": " ".join(["python -m bench.ablation", *sys.argv[1:]]),
                      "cells": sorted(rows, key=lambda r: (r["game"], r["variant"], r["seed"])), "games": [],
                      "aggregate": []}

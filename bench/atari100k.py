@@ -79,12 +79,14 @@ def known_game(game: str) -> bool:
     return game_id(game) in gym.registry
 
 
-def run_cell(cell: str, args: argparse.Namespace) -> dict:
-    """Train one run (or continue it from its checkpoint, or keep its finished record); return its result."""
+def run_cell(cell: str, args: argparse.Namespace, train: bool = True) -> dict:
+    """Train one run (or continue it from its checkpoint, or keep its finished record); return its result.
+
+    :param train: False to keep a finished record only (FileNotFoundError if there is none)."""
     game, agent, seed = cell.split("|")
     record, timing = train_cell(args.out / "runs" / f"{agent}-{game}-{seed}",
                                 ["--env", game_id(game), "--agent", agent, "--seed", seed, *args.train_flags],
-                                args.total_steps)
+                                args.total_steps, train)
     return {"game": game, "agent": agent, "seed": int(seed), "final": record["final_evaluation"]["mean"],
             "final_episodes": record["final_evaluation"]["episodes"], "steps": record["steps"],
             "seconds": record["seconds"],
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = work(study, cells, lambda cell: run_cell(cell, args), args.jobs)
         if failed:
             raise UserError(f"bench.atari100k: {len(failed)} runs failed: {'; '.join(failed)}")
-    results = report(finished_results(study, cells), args.games)
+    results = report(finished_results(study, cells, lambda cell: run_cell(cell, args, train=False)), args.games)
     atomic_write_text(args.out / "atari100k.json", json.dumps(results, indent=2) + "\n")
     if results["games"]:
         plot(results, args.out / "atari100k.png")

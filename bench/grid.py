@@ -11,6 +11,7 @@ A cell whose run finished before is not trained again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -94,30 +95,36 @@ def cell_taken(study: optuna.Study, trial: optuna.Trial, cell: str) -> bool:
                for other in study.get_trials(deepcopy=False))
 
 
-def train_cell(stem: Path, train_args: list[str], total_steps: int) -> tuple[dict, dict]:
+def train_cell(stem: Path, train_args: list[str], total_steps: int, train: bool = True) -> tuple[dict, dict]:
     """Run ``train.py`` for one cell at `stem`, timed, continue it from its checkpoint if its last
     worker died, or keep its finished run; return its record (``STEM.json``) and timing (``STEM.timed.json``).
 
     :param train_args: train.py's flags for a new run (its environment, seed and agent); `stem`, the budget, no
         progress bar and the replay buffer in each checkpoint (an exact continuation) are added here.
+    :param train: False to keep a finished run only (see `timed_cell`).
     :raises RuntimeError: if train.py fails, with its last line.
     """
     common = ["--total-steps", str(total_steps), "--no-progress"]
     if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
-        return timed_cell(stem, ["train.py", "--resume", str(stem), *common], finished=False)
-    return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args])
+        return timed_cell(stem, ["train.py", "--resume", str(stem), *common], finished=False, train=train)
+    return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args],
+                      train=train)
 
 
-def timed_cell(stem: Path, command: list[str], finished: bool = True) -> tuple[dict, dict]:
+def timed_cell(stem: Path, command: list[str], finished: bool = True, train: bool = True) -> tuple[dict, dict]:
     """Run `command` (``python`` arguments), timed, unless the cell at `stem` has its record
     (``STEM.json``) and timing (``STEM.timed.json``) and `finished` allows keeping them; return both.
 
+    :param train: False to keep a finished run only, and run nothing.
+    :raises FileNotFoundError: if `train` is False and the cell has no finished run to keep.
     :raises RuntimeError: if the command fails, with its last line.
     :raises KeyboardInterrupt: if the command was stopped (Ctrl-C, SIGTERM).
     """
     record_path = stem_file(stem, ".json")
     timing_path = stem_file(stem, ".timed.json")
     if not (finished and record_path.is_file() and timing_path.is_file()):
+        if not train:
+            raise FileNotFoundError(f"{stem}: no finished run")
         timed = run_timed(*command)
         if timed.stopped:  # Ctrl-C or SIGTERM, passed on by this bench or sent to the run: it has its checkpoint
             raise KeyboardInterrupt
@@ -160,12 +167,22 @@ def put_back(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                                         distributions=trial.distributions, system_attrs=trial.system_attrs))
 
 
-def finished_results(study: optuna.Study, cells: list[str]) -> list[dict]:
-    """The results of this grid's finished cells, as `run_cell` returned them."""
+def finished_results(study: optuna.Study, cells: list[str], kept: Callable[[str], dict]) -> list[dict]:
+    """The results of this grid's finished cells: as `run_cell` returned them to the study, from any worker, and
+    for each cell the study has not finished, its finished run on this machine (run for another grid, a subset
+    of this one, or before this study's storage was made), read by `kept`.
+
+    :param kept: a cell's result from its finished run on disk, which raises FileNotFoundError if there is none.
+    """
     import optuna
 
-    return [trial.user_attrs for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-            if trial.params.get("cell") in set(cells)]
+    finished = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    results = {trial.params["cell"]: {key: value for key, value in trial.user_attrs.items() if key != "claimed"}
+               for trial in finished if trial.params.get("cell") in set(cells)}
+    for cell in (cell for cell in cells if cell not in results):
+        with contextlib.suppress(FileNotFoundError):
+            results[cell] = kept(cell)
+    return list(results.values())
 
 
 def interval(aggregate: Callable[[np.ndarray], float], scores: np.ndarray) -> tuple[float, tuple[float, float]]:

@@ -185,6 +185,12 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
     after = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'ablation.db'}").trials
     assert len(after) == len(study.trials)
     assert json.loads((tmp_path / "ablation.json").read_text())["cells"] == results["cells"]
+    # the report of another grid over these runs (one more seed), none of whose cells ran: the finished runs count
+    wider = subprocess.run([*command[:3], "--report-only", *command[3:7], "1", *command[7:]], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert wider.returncode == 0, wider.stderr
+    assert json.loads((tmp_path / "ablation.json").read_text())["cells"] == results["cells"]
+    assert len(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'ablation.db'}")) == 2
 
 
 def test_a_timed_run_reports_its_exit_status_output_and_peak_memory():
