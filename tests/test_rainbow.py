@@ -152,7 +152,8 @@ def test_the_rainbow_agent_is_the_environments_preset_with_all_six_extensions(tm
     config, dqn = command.config, find_preset("MinAtar/Breakout-v1").config
     assert config.double_dqn and config.dueling and config.n_step == 3 and config.prioritized_replay
     assert config.noisy_nets and config.distributional and config.loss == "cross_entropy"
-    assert config.learning_rate == dqn["learning_rate"] and config.buffer_size == dqn["buffer_size"]  # kept
+    assert config.buffer_size == dqn["buffer_size"] and config.batch_size == dqn["batch_size"]  # kept
+    assert config.optimizer == "adam" != dqn["optimizer"] and config.learning_rate == 1e-4  # Rainbow's own
     assert command.preset["file"] == "presets/rainbow/MinAtar.toml" and command.settings.agent == "rainbow"
     flags = train.parse_args(["--env", "MinAtar/Breakout-v1", "--agent", "rainbow", "--n-step", "5",
                               "--out", str(tmp_path / "r")])
