@@ -194,11 +194,17 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
 
 
 def test_a_timed_run_reports_its_exit_status_output_and_peak_memory():
-    from bench.timed import run_timed
-
-    timed = run_timed("-c", "import sys; block = bytearray(300 * 2**20); print(len(block)); sys.exit(3)")
-    assert timed.returncode == 3 and not timed.stopped and timed.stdout.strip() == str(300 * 2**20)
-    assert 300 < timed.peak_mb < 600 and timed.wall_seconds > 0
+    # timed from a small process, as a bench times its runs: this test's own (TensorFlow's) memory would count
+    timer = ("import json, sys; from bench.timed import run_timed; "
+             "print(json.dumps([vars(run_timed('-c', code)) for code in sys.argv[1:]]))")
+    allocates = "import sys; block = bytearray(300 * 2**20); print(len(block)); sys.exit(3)"
+    result = subprocess.run([sys.executable, "-c", timer, allocates, "pass"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    big, small = json.loads(result.stdout)
+    assert big["returncode"] == 3 and big["stdout"].strip() == str(300 * 2**20) and big["wall_seconds"] > 0
+    assert small["returncode"] == 0 and small["stdout"] == ""
+    assert 300 < big["peak_mb"] < 400 and small["peak_mb"] < 150 and big["peak_mb"] - small["peak_mb"] > 250
 
 
 # a run that says when it started and, on Ctrl-C, that it stopped; left alone it would run for a minute
