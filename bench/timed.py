@@ -4,9 +4,11 @@ The peak memory is the kernel's own account of the finished child (``os.wait4``,
 so no tool needs installing. The kernel counts into it the memory the child was started from, this process's own
 peak up to the start (the child begins as a copy of it, until ``exec``): so the caller must be small beside the
 runs it times, as the benches are (they import no TensorFlow), and a process that is not should time its runs
-through one that is (the tests run a bench's command). A bench that is asked to stop (Ctrl-C, SIGTERM) passes the stop on to the runs it
-is waiting for, which save what they have and exit as a stopped ``train.py`` does, and waits for them: no run
-is left behind, running on with nobody to read it.
+through one that is (as its test does).
+
+A bench that is asked to stop (Ctrl-C, SIGTERM) passes the stop on to the runs it is waiting for, which save what
+they have and exit as a stopped ``train.py`` does, and waits for them: no run is left behind, running on with
+nobody to read it.
 """
 
 from __future__ import annotations
