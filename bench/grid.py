@@ -102,8 +102,15 @@ def train_cell(stem: Path, train_args: list[str], total_steps: int, train: bool 
     :param train_args: train.py's flags for a new run (its environment, seed and agent); `stem`, the budget, no
         progress bar and the replay buffer in each checkpoint (an exact continuation) are added here.
     :param train: False to keep a finished run only (see `timed_cell`).
-    :raises RuntimeError: if train.py fails, with its last line.
+    :raises RuntimeError: if train.py fails, with its last line, or if the cell's finished run had another budget.
+    :raises FileNotFoundError: if `train` is False and the cell has no finished run of `total_steps` to keep.
     """
+    record_path = stem_file(stem, ".json")
+    if record_path.is_file() and (budget := json.loads(record_path.read_text())["run"]["total_steps"]) != total_steps:
+        if not train:  # a run of another grid: not a result of this one
+            raise FileNotFoundError(f"{stem}: its finished run had {budget} steps, not {total_steps}")
+        raise RuntimeError(f"{record_path}: a finished run of {budget} steps, not {total_steps}: move it away to "
+                           f"run this cell, or pass --total-steps {budget}")
     common = ["--total-steps", str(total_steps), "--no-progress"]
     if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
         return timed_cell(stem, ["train.py", "--resume", str(stem), *common], finished=False, train=train)

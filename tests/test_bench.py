@@ -153,6 +153,21 @@ def test_a_stopped_or_failed_cell_goes_back_in_the_grid_and_the_next_command_run
     assert again == [ran[1]]
 
 
+def test_a_finished_run_of_another_budget_is_neither_a_result_of_the_grid_nor_overwritten(tmp_path):
+    from bench.grid import train_cell
+
+    stem = tmp_path / "dqn-minatar-breakout-v1-0"
+    record = {"run": {"total_steps": 50_000}, "final_evaluation": {"mean": 3.0}}
+    stem.with_name(stem.name + ".json").write_text(json.dumps(record))
+    stem.with_name(stem.name + ".timed.json").write_text(json.dumps({"process_seconds": 1.0, "peak_mb": 500}))
+    assert train_cell(stem, [], 50_000, train=False) == (record, {"process_seconds": 1.0, "peak_mb": 500})
+    with pytest.raises(FileNotFoundError, match="50000 steps, not 200000"):
+        train_cell(stem, [], 200_000, train=False)  # a report of the 200k grid leaves it out
+    with pytest.raises(RuntimeError, match="pass --total-steps 50000"):
+        train_cell(stem, ["--env", "MinAtar/Breakout-v1"], 200_000)  # the 200k grid's worker runs nothing over it
+    assert json.loads(stem.with_name(stem.name + ".json").read_text()) == record
+
+
 def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it_was(tmp_path):
     import optuna
 
