@@ -105,17 +105,27 @@ def train_cell(stem: Path, train_args: list[str], total_steps: int, train: bool 
     :raises RuntimeError: if train.py fails, with its last line, or if the cell's finished run had another budget.
     :raises FileNotFoundError: if `train` is False and the cell has no finished run of `total_steps` to keep.
     """
-    record_path = stem_file(stem, ".json")
-    if record_path.is_file() and (budget := json.loads(record_path.read_text())["run"]["total_steps"]) != total_steps:
-        if not train:  # a run of another grid: not a result of this one
-            raise FileNotFoundError(f"{stem}: its finished run had {budget} steps, not {total_steps}")
-        raise RuntimeError(f"{record_path}: a finished run of {budget} steps, not {total_steps}: move it away to "
-                           f"run this cell, or pass --total-steps {budget}")
+    check_budget(stem, total_steps, train)
     common = ["--total-steps", str(total_steps), "--no-progress"]
     if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
         return timed_cell(stem, ["train.py", "--resume", str(stem), *common], finished=False, train=train)
     return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args],
                       train=train)
+
+
+def check_budget(stem: Path, total_steps: int, train: bool = True) -> None:
+    """Refuse a cell at `stem` whose finished run (``STEM.json``) had another budget than the grid's `total_steps`:
+    it is a run of another grid, so neither this grid's result nor a run to overwrite.
+
+    :raises RuntimeError: if `train`, saying how to go on.
+    :raises FileNotFoundError: if not `train` (a report leaves the cell out).
+    """
+    record_path = stem_file(stem, ".json")
+    if record_path.is_file() and (budget := json.loads(record_path.read_text())["run"]["total_steps"]) != total_steps:
+        if not train:
+            raise FileNotFoundError(f"{stem}: its finished run had {budget} steps, not {total_steps}")
+        raise RuntimeError(f"{record_path}: a finished run of {budget} steps, not {total_steps}: move it away to "
+                           f"run this cell, or pass --total-steps {budget}")
 
 
 def timed_cell(stem: Path, command: list[str], finished: bool = True, train: bool = True) -> tuple[dict, dict]:

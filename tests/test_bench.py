@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -165,6 +166,24 @@ def test_a_finished_run_of_another_budget_is_neither_a_result_of_the_grid_nor_ov
         train_cell(stem, [], 200_000, train=False)  # a report of the 200k grid leaves it out
     with pytest.raises(RuntimeError, match="pass --total-steps 50000"):
         train_cell(stem, ["--env", "MinAtar/Breakout-v1"], 200_000)  # the 200k grid's worker runs nothing over it
+    assert json.loads(stem.with_name(stem.name + ".json").read_text()) == record
+
+
+def test_a_qr_dqn_cell_of_another_budget_is_neither_a_result_of_the_ablation_nor_overwritten(tmp_path):
+    from bench.ablation import QR_DQN, run_cell
+
+    stem = tmp_path / "runs" / "qr-dqn-sb3-minatar-breakout-v1-0"
+    stem.parent.mkdir()
+    record = {"run": {"total_steps": 50_000}, "final_evaluation": {"mean": 3.0}, "steps": 50_000, "seconds": 60.0,
+              "eval_seconds": 10.0}
+    stem.with_name(stem.name + ".json").write_text(json.dumps(record))
+    stem.with_name(stem.name + ".timed.json").write_text(json.dumps({"process_seconds": 61.0, "peak_mb": 500}))
+    cell = f"MinAtar/Breakout-v1|{QR_DQN}|0"
+    assert run_cell(cell, argparse.Namespace(out=tmp_path, total_steps=50_000), train=False)["final"] == 3.0
+    with pytest.raises(FileNotFoundError, match="50000 steps, not 200000"):
+        run_cell(cell, argparse.Namespace(out=tmp_path, total_steps=200_000), train=False)
+    with pytest.raises(RuntimeError, match="pass --total-steps 50000"):
+        run_cell(cell, argparse.Namespace(out=tmp_path, total_steps=200_000))
     assert json.loads(stem.with_name(stem.name + ".json").read_text()) == record
 
 
