@@ -105,11 +105,11 @@ def train_cell(stem: Path, train_args: list[str], total_steps: int, train: bool 
     :raises RuntimeError: if train.py fails, with its last line, or if the cell's finished run had another budget.
     :raises FileNotFoundError: if `train` is False and the cell has no finished run of `total_steps` to keep.
     """
-    check_budget(stem, total_steps, train)
     common = ["--total-steps", str(total_steps), "--no-progress"]
     if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
-        return timed_cell(stem, ["train.py", "--resume", str(stem), *common], finished=False, train=train)
-    return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args],
+        return timed_cell(stem, ["train.py", "--resume", str(stem), *common], total_steps, finished=False,
+                          train=train)
+    return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args], total_steps,
                       train=train)
 
 
@@ -128,15 +128,18 @@ def check_budget(stem: Path, total_steps: int, train: bool = True) -> None:
                            f"run this cell, or pass --total-steps {budget}")
 
 
-def timed_cell(stem: Path, command: list[str], finished: bool = True, train: bool = True) -> tuple[dict, dict]:
+def timed_cell(stem: Path, command: list[str], total_steps: int, finished: bool = True,
+               train: bool = True) -> tuple[dict, dict]:
     """Run `command` (``python`` arguments), timed, unless the cell at `stem` has its record
     (``STEM.json``) and timing (``STEM.timed.json``) and `finished` allows keeping them; return both.
 
+    :param total_steps: the grid's budget: a finished run of another is refused (`check_budget`).
     :param train: False to keep a finished run only, and run nothing.
-    :raises FileNotFoundError: if `train` is False and the cell has no finished run to keep.
-    :raises RuntimeError: if the command fails, with its last line.
+    :raises FileNotFoundError: if `train` is False and the cell has no finished run of `total_steps` to keep.
+    :raises RuntimeError: if the command fails, with its last line, or if the cell's finished run had another budget.
     :raises KeyboardInterrupt: if the command was stopped (Ctrl-C, SIGTERM).
     """
+    check_budget(stem, total_steps, train)
     record_path = stem_file(stem, ".json")
     timing_path = stem_file(stem, ".timed.json")
     if not (finished and record_path.is_file() and timing_path.is_file()):
