@@ -19,7 +19,8 @@ failed and put back in the grid, and whoever takes it continues the run from its
 runs, each with its checkpoint, and puts their cells back; the next command continues them, and tries again any
 cell whose run failed. A cell whose run finished before is not trained again.
 
-The report: each game and variant's mean final score over its seeds with a 95% bootstrap interval, and across
+The report: each game and variant's mean final score over its seeds with a 95% bootstrap interval, its median
+env steps/s and largest peak memory, Rainbow's median env steps/s as a fraction of DQN's on each game, and across
 games the interquartile mean (IQM) of the scores normalised by DQN's mean on each game, with its stratified
 bootstrap interval (both by `rliable`, Agarwal et al., 2021); written as ``ablation.json`` and ``ablation.png``
 into ``--out``.
@@ -108,19 +109,27 @@ def report(study: optuna.Study, args: argparse.Namespace) -> dict:
     rows = finished_results(study, grid(args), lambda cell: run_cell(cell, args, train=False))
     results: dict = {"machine": machine(), "command": " ".join(["python -m bench.ablation", *sys.argv[1:]]),
                      "cells": sorted(rows, key=lambda r: (r["game"], r["variant"], r["seed"])), "games": [],
-                     "aggregate": []}
-    print("| game | variant | seeds | final (mean) | 95% bootstrap interval | env steps/s |\n|---|---|---|---|---|---|")
+                     "rainbow_speed": [], "aggregate": []}
+    print("| game | variant | seeds | final (mean) | 95% bootstrap interval | env steps/s | peak MB |\n"
+          "|---|---|---|---|---|---|---|")
     for game in dict.fromkeys(r["game"] for r in results["cells"]):
         for variant in [*variants(), QR_DQN]:
             finals = [r["final"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
             rates = [r["steps_per_second"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
+            peaks = [r["peak_mb"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
             if not finals:
                 continue
             mean, (low, high) = interval(metrics.aggregate_mean, np.array(finals)[:, None])
             results["games"].append({"game": game, "variant": variant, "seeds": len(finals), "mean": mean,
-                                     "low": low, "high": high, "steps_per_second": float(np.median(rates))})
+                                     "low": low, "high": high, "steps_per_second": float(np.median(rates)),
+                                     "peak_mb": max(peaks)})
             print(f"| {game} | {variant} | {len(finals)} | {mean:.2f} | [{low:.2f}, {high:.2f}] | "
-                  f"{np.median(rates):.0f} |")
+                  f"{np.median(rates):.0f} | {max(peaks)} |")
+    for game in dict.fromkeys(r["game"] for r in results["cells"]):  # the speed asked of Rainbow: half of DQN's
+        rates = {row["variant"]: row["steps_per_second"] for row in results["games"] if row["game"] == game}
+        if {"DQN", "Rainbow"} <= rates.keys():
+            results["rainbow_speed"].append({"game": game, "of_dqn": rates["Rainbow"] / rates["DQN"]})
+            print(f"{game}: Rainbow's median env steps/s is {rates['Rainbow'] / rates['DQN']:.0%} of DQN's")
     for variant in ("DQN", "Rainbow"):  # over the games both ran on every seed of, where DQN scored (to divide by)
         games = [g for g in args.games if all(any((r["game"], r["variant"], r["seed"]) == (g, v, s)
                                                   for r in results["cells"]) for v in ("DQN", "Rainbow")

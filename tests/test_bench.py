@@ -205,6 +205,12 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
     assert [row["variant"] for row in results["games"]] == ["DQN", "Rainbow"]
     assert all(row["low"] <= row["mean"] <= row["high"] for row in results["games"])
     assert "| MinAtar/Breakout-v1 | Rainbow | 1 |" in bench.stdout
+    # Rainbow's speed as a fraction of DQN's, from the two cells' own rates; each row's peak memory, from its timing
+    dqn_row, rainbow_row = results["games"]
+    assert results["rainbow_speed"] == [{"game": "MinAtar/Breakout-v1",
+                                         "of_dqn": rainbow_row["steps_per_second"] / dqn_row["steps_per_second"]}]
+    assert f"Rainbow's median env steps/s is {results['rainbow_speed'][0]['of_dqn']:.0%} of DQN's" in bench.stdout
+    assert [row["peak_mb"] for row in results["games"]] == [cell["peak_mb"] for cell in results["cells"]]
     assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     # the Rainbow run went on from its checkpoint at step 150, with --agent rainbow's own settings
     record = json.loads(stem.with_name(stem.name + ".json").read_text())
