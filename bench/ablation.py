@@ -196,7 +196,7 @@ def main() -> None:
     for game in {*args.games, *args.ablation_games, *args.qrdqn_games}:
         if not game.startswith("MinAtar/"):
             parser.error(f"argument --games: {game} is not a MinAtar game")
-    if args.qrdqn_games and importlib.util.find_spec("sb3_contrib") is None:
+    if args.qrdqn_games and not args.report_only and importlib.util.find_spec("sb3_contrib") is None:
         parser.error("argument --qrdqn-games: QR-DQN's cells need sb3-contrib: pip install -r "
                      "bench/requirements-sb3.txt (or give --qrdqn-games with no value)")
     (args.out / "runs").mkdir(parents=True, exist_ok=True)

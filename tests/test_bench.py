@@ -231,6 +231,11 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
     assert wider.returncode == 0, wider.stderr
     assert json.loads((tmp_path / "ablation.json").read_text())["cells"] == results["cells"]
     assert len(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'ablation.db'}")) == 2
+    # a report trains nothing: it needs no QR-DQN package (CI has none) even where the grid has QR-DQN cells
+    default_qrdqn = subprocess.run([*command[:7], "--report-only", "--total-steps", "300", "--out", str(tmp_path)],
+                                   cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert default_qrdqn.returncode == 0, default_qrdqn.stderr
+    assert json.loads((tmp_path / "ablation.json").read_text())["cells"] == results["cells"]
 
 
 def test_a_timed_run_reports_its_exit_status_output_and_peak_memory():
