@@ -114,9 +114,8 @@ def report(study: optuna.Study, args: argparse.Namespace) -> dict:
           "|---|---|---|---|---|---|---|")
     for game in dict.fromkeys(r["game"] for r in results["cells"]):
         for variant in [*variants(), QR_DQN]:
-            finals = [r["final"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
-            rates = [r["steps_per_second"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
-            peaks = [r["peak_mb"] for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
+            cells = [r for r in results["cells"] if (r["game"], r["variant"]) == (game, variant)]
+            finals, rates, peaks = ([r[key] for r in cells] for key in ("final", "steps_per_second", "peak_mb"))
             if not finals:
                 continue
             mean, (low, high) = interval(metrics.aggregate_mean, np.array(finals)[:, None])
