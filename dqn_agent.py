@@ -95,7 +95,7 @@ How this file reads
 Speed
     Two helpers make it fast, and can be skipped on a first reading: acting computes Q(s, .) in
     NumPy from the network's own layers (`networks.NumpyForward`), and a whole training phase of
-    `train_step`s is one compiled call, XLA-compiled for the MLP (`_compile_training_phase`).
+    `train_step`s is one compiled call, XLA-compiled for the MLP and MinAtar's CNN (`_compile_training_phase`).
     `python -m bench.costs` measures both against the plain Keras calls.
 
 References
@@ -615,12 +615,11 @@ class DeepQLearning:
             self._batch_spec([None, self.config.batch_size]))
 
     def _compile_optimizer_step(self) -> Callable[[list[tf.Tensor]], None]:
-        """`optimizer.apply` on the main network's variables, for a CNN compiled by XLA as a function of its own
-        inside the (non-XLA) training phase: the update (the global norm's clipping, then RMSprop's or Adam's
+        """`optimizer.apply` on the main network's variables, for the Nature CNN compiled by XLA as a function of its
+        own inside the (non-XLA) training phase: the update (the global norm's clipping, then RMSprop's or Adam's
         moments) is a dozen elementwise TensorFlow ops per variable, which XLA fuses into one call. Rainbow's
-        noisy and dueling layers more than double the variables: its MinAtar phase of 4 gradient steps took 6% less
-        processor time with this and one noise draw per noisy layer (17.1 ms against 18.2), DQN's the same. An
-        MLP's whole phase is compiled by XLA already."""
+        noisy and dueling layers more than double the variables. Where the whole phase is compiled by XLA (the MLP,
+        MinAtar's CNN), the optimizer step is in it."""
         variables = self.main_network.trainable_variables
         self.optimizer.build(variables)
         def apply(gradients: list[tf.Tensor]) -> None:
@@ -636,9 +635,12 @@ class DeepQLearning:
 
     @property
     def _use_xla(self) -> bool:
-        """Whether the compiled update goes through XLA: on this CPU XLA compiles convolutions into slow code (a
-        Pong gradient step took 1,130 ms with it and 95 ms without); for the MLP it is the faster of the two."""
-        return self.config.network_for(self.observation_shape) == "mlp"
+        """Whether the compiled update goes through XLA, which fuses its many small ops: on this CPU XLA compiles
+        convolution ops into slow code (a Pong gradient step took 1,130 ms with it and 95 ms without), so the Nature
+        CNN trains without it; MinAtar's CNN computes its one convolution as a matrix product (`networks.Conv2D`),
+        and with XLA its Rainbow phase of 4 gradient steps took 26.0 ms against 46.4 ms without, DQN's 11.2 against
+        23.4 (``python -m bench.costs --rainbow`` on the code before and after, two other runs on the cores)."""
+        return self.config.network_for(self.observation_shape) in ("mlp", "minatar_cnn")
 
     def _batch_spec(self, leading: list[int | None]) -> Batch:
         """The `Batch` of tensor specs a compiled update takes: each field's `leading` axes (a minibatch, or a

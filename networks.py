@@ -82,14 +82,15 @@ class NoisyDense(keras.layers.Layer):
         self.bias_sigma = self.add_weight(shape=(self.units,), initializer=sigma, name="bias_sigma")
 
     def call(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
-        outputs = keras.ops.matmul(inputs, self.kernel_mean) + self.bias_mean
-        if training:  # W x with W's factorised noise is ((x * f(eps_in)) sigma_W) * f(eps_out): no matrix of noise
-            inputs_size = self.kernel_mean.shape[0]  # eps_in and eps_out in one draw: fewer ops in each training step
-            noise = scaled_noise(keras.random.normal((inputs_size + self.units,), seed=self.seed_generator))
-            noise_in, noise_out = noise[:inputs_size], noise[inputs_size:]
-            outputs = outputs + keras.ops.matmul(inputs * noise_in, self.kernel_sigma) * noise_out \
-                + self.bias_sigma * noise_out
-        return self.activation(outputs)
+        if not training:
+            return self.activation(keras.ops.matmul(inputs, self.kernel_mean) + self.bias_mean)
+        inputs_size = self.kernel_mean.shape[0]  # eps_in and eps_out in one draw: fewer ops in each training step
+        noise = scaled_noise(keras.random.normal((inputs_size + self.units,), seed=self.seed_generator))
+        noise_in, noise_out = noise[:inputs_size], noise[inputs_size:]
+        # the noisy weights themselves, once for the whole batch: then one matrix product, as in a Dense layer
+        kernel = self.kernel_mean + self.kernel_sigma * keras.ops.outer(noise_in, noise_out)
+        bias = self.bias_mean + self.bias_sigma * noise_out
+        return self.activation(keras.ops.matmul(inputs, kernel) + bias)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*input_shape[:-1], self.units)
@@ -152,6 +153,29 @@ class DuelingHead(keras.layers.Layer):
                 "noisy": self.noisy}
 
 
+class Conv2D(keras.layers.Conv2D):
+    """Keras's `Conv2D` (valid padding) with its convolution written as one matrix product: the input's windows
+    under each of the kernel's h x w positions, side by side on the channel axis, times the kernel flattened in the
+    same order. The same function and weights, saved under the same name (Keras names a layer's weights in a file
+    after its class); but XLA, which fuses a whole training phase into one call, compiles this form into fast code
+    on a CPU, and a convolution op into slow code. MinAtar's network uses it; the Nature CNN, whose 8x8 kernel
+    would make 64 windows, trains without XLA on Keras's own convolution.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding != "valid" or self.dilation_rate != (1, 1) or self.data_format != "channels_last":
+            raise ValueError("networks.Conv2D computes valid, undilated, channels-last convolutions only")
+
+    def convolution_op(self, inputs: keras.KerasTensor, kernel: keras.KerasTensor) -> keras.KerasTensor:
+        height, width, channels, filters = kernel.shape
+        (stride_y, stride_x), (rows, columns) = self.strides, self.compute_output_shape(inputs.shape)[1:3]
+        windows = keras.ops.concatenate([inputs[:, y:y + stride_y * (rows - 1) + 1:stride_y,
+                                                x:x + stride_x * (columns - 1) + 1:stride_x]
+                                         for y in range(height) for x in range(width)], axis=-1)
+        return keras.ops.matmul(windows, keras.ops.reshape(kernel, (height * width * channels, filters)))
+
+
 def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config: DQNConfig, name: str) -> QNetwork:
     """The Q-network for this observation shape (see `DQNConfig.network_for`), from the observation to one
     linear Q-value per action:
@@ -188,7 +212,7 @@ def build_q_network(observation_shape: tuple[int, ...], num_actions: int, config
                        keras.layers.Conv2D(64, 3, strides=1, activation="relu")]
             last = 512
         else:
-            layers.append(keras.layers.Conv2D(16, 3, strides=1, activation="relu"))
+            layers.append(Conv2D(16, 3, strides=1, activation="relu"))
             last = 128
         layers.append(keras.layers.Flatten())
     layers.append(dense_layer(last, "relu", config))

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from dqn_agent import Batch, DeepQLearning, masked_huber_loss, masked_mse_loss
 from dqn_config import DQNConfig
-from networks import NumpyForward
+from networks import Conv2D, NumpyForward
 
 
 def small_agent(**overrides) -> DeepQLearning:
@@ -199,6 +199,32 @@ def test_save_then_load_gives_identical_q_values(tmp_path):
     other.load(path)
     np.testing.assert_array_equal(other.q_values(states), agent.q_values(states))
     np.testing.assert_array_equal(other.target_network(states).numpy(), agent.main_network(states).numpy())
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_the_windowed_convolution_is_keras_convolution_and_loads_its_weights(tmp_path, strides):
+    # networks.Conv2D (a convolution as one matrix product, which XLA compiles well) against Keras's own
+    images = tf.constant(np.random.default_rng(3).normal(size=(2, 10, 9, 4)), tf.float32)
+    ours, keras_own = Conv2D(5, 3, strides=strides), keras.layers.Conv2D(5, 3, strides=strides)
+    ours.build(images.shape)
+    keras_own.build(images.shape)
+    keras_own.set_weights(ours.get_weights())
+    assert ours(images).shape == keras_own(images).shape == ((2, 8, 7, 5) if strides == 1 else (2, 4, 4, 5))
+    np.testing.assert_allclose(ours(images).numpy(), keras_own(images).numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="valid"):
+        Conv2D(5, 3, padding="same")
+
+
+def test_a_minatar_agent_saved_with_keras_convolution_still_loads(tmp_path):
+    # an agent file written when MinAtar's network used keras.layers.Conv2D: same layer names, same weights
+    agent = DeepQLearning((10, 10, 4), 3, DQNConfig(network="minatar_cnn"))
+    old = keras.Sequential([keras.Input((10, 10, 4)), keras.layers.Rescaling(1 / 255),
+                            keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.Flatten(),
+                            keras.layers.Dense(128, activation="relu"), keras.layers.Dense(3)])
+    old.save_weights(tmp_path / "old.weights.h5")
+    agent.load(tmp_path / "old.weights.h5")
+    states = np.random.default_rng(4).integers(0, 256, size=(5, 10, 10, 4)).astype(np.uint8)
+    np.testing.assert_allclose(agent.q_values(states), old(states).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_a_dueling_head_is_the_value_plus_the_advantages_less_their_mean():
