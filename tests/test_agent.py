@@ -202,7 +202,7 @@ def test_save_then_load_gives_identical_q_values(tmp_path):
 
 
 @pytest.mark.parametrize("strides", [1, 2])
-def test_the_windowed_convolution_is_keras_convolution_and_loads_its_weights(tmp_path, strides):
+def test_the_windowed_convolution_is_keras_convolution(strides):
     # networks.Conv2D (a convolution as one matrix product, which XLA compiles well) against Keras's own
     images = tf.constant(np.random.default_rng(3).normal(size=(2, 10, 9, 4)), tf.float32)
     ours, keras_own = Conv2D(5, 3, strides=strides), keras.layers.Conv2D(5, 3, strides=strides)
