@@ -207,9 +207,16 @@ def finished_results(study: optuna.Study, cells: list[str], kept: Callable[[str]
 
 def interval(aggregate: Callable[[np.ndarray], float], scores: np.ndarray) -> tuple[float, tuple[float, float]]:
     """The aggregate of `scores` (runs x games) and its 95% stratified bootstrap interval, by rliable (Agarwal et
-    al., 2021)."""
+    al., 2021). The resampling is seeded, so the same scores give the same interval in every report: rliable draws
+    its resamples from NumPy's global generator (its `random_state` argument does not reach them), which is seeded
+    for the call and then given back its state."""
     from rliable import library
 
-    points, intervals = library.get_interval_estimates({"x": scores}, lambda x: np.array([aggregate(x)]),
-                                                       reps=2000)
+    outside = np.random.get_state()
+    np.random.seed(0)
+    try:
+        points, intervals = library.get_interval_estimates({"x": scores}, lambda x: np.array([aggregate(x)]),
+                                                           reps=2000)
+    finally:
+        np.random.set_state(outside)
     return float(points["x"][0]), (float(intervals["x"][0, 0]), float(intervals["x"][1, 0]))
