@@ -41,6 +41,7 @@ from checkpoints import (
     unfinished_run_note,
 )
 from common import (
+    RELEASE_MEMORY_INTERVAL,
     OneLineErrorParser,
     UserError,
     WriteError,
@@ -52,6 +53,7 @@ from common import (
     import_agent_class,
     output_lock,
     raise_if_stopped,
+    release_free_memory,
     remove_leftover_temporaries,
     run_cli,
     seed_argument,
@@ -227,6 +229,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
                     break
             if step % config.target_update_interval == 0:
                 agent.update_target_network()
+            if step % RELEASE_MEMORY_INTERVAL == 0:
+                release_free_memory()  # the memory TensorFlow's freed buffers leave in the C heap
 
             if step % settings.eval_interval == 0 or step == settings.total_steps:
                 eval_start = time.perf_counter()
