@@ -243,25 +243,28 @@ def test_an_output_stem_with_a_dot_keeps_its_whole_name_in_every_file(tmp_path):
     assert weights_path(stem) == tmp_path / "dqn-lr1.25e-4-MinAtar-Breakout-v1-0.weights.h5"
 
 
-def resident_mb() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
-
-
 @pytest.mark.skipif(common._malloc_trim() is None or not os.path.exists("/proc/self/status"),
                     reason="glibc's malloc_trim and Linux's /proc")
 def test_release_free_memory_gives_the_heaps_freed_space_back():
-    # 100 KB blocks (under glibc's mmap threshold, so on the heap) between small ones that stay: freeing the
-    # large ones leaves about 200 MB that glibc keeps resident
-    large, small = [], []
-    for _ in range(2000):
-        large.append(bytearray(100_000))
-        small.append(bytearray(2_000))
-    large.clear()
-    held = resident_mb()
-    common.release_free_memory()
-    assert resident_mb() < held - 100
-    assert len(small) == 2000
+    # in a fresh process, whose heap holds nothing else: 100 KB blocks (under glibc's mmap threshold, so on the
+    # heap) between small ones that stay; freed, the large ones leave about 200 MB that glibc keeps resident
+    program = """
+import common
+def resident_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+large, small = [], []
+for _ in range(2000):
+    large.append(bytearray(100_000))
+    small.append(bytearray(2_000))
+large.clear()
+held = resident_mb()
+common.release_free_memory()
+print(held, resident_mb())
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, check=True)
+    held, released = map(float, done.stdout.split())
+    assert held > 200 and released < held - 150
 
 
 def test_the_training_loop_releases_free_memory_every_interval(tmp_path, monkeypatch):
