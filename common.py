@@ -260,15 +260,11 @@ def release_free_memory() -> None:
     keeps allocating small observations that stay for the buffer's whole length; glibc reuses the freed space
     only in part and gives none of it back, so a run's resident memory can grow by tens of kilobytes a step until
     the buffer is full (DQN on MinAtar/Seaquest-v1 peaked at 3.4 GB, of which the heap's live allocations were
-    under 0.7 GB). ``train.py`` calls this every `common.RELEASE_MEMORY_INTERVAL` steps; it takes about 20 ms.
+    under 0.7 GB). ``train.py`` calls this every `train.RELEASE_MEMORY_INTERVAL` steps; it takes about 20 ms.
     """
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-# train.py's steps between two calls of `release_free_memory`: at most about 100 MB of freed heap held in between
-RELEASE_MEMORY_INTERVAL = 2_000
 
 
 @functools.cache

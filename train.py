@@ -41,7 +41,6 @@ from checkpoints import (
     unfinished_run_note,
 )
 from common import (
-    RELEASE_MEMORY_INTERVAL,
     OneLineErrorParser,
     UserError,
     WriteError,
@@ -84,6 +83,8 @@ if TYPE_CHECKING:
 EVAL_SEED_OFFSET = 100_000
 FINAL_EVAL_SEED_OFFSET = 200_000
 CONFIRM_SEED_OFFSET = 300_000
+# Steps between two calls of `common.release_free_memory`: at most about 100 MB of freed heap held in between
+RELEASE_MEMORY_INTERVAL = 2_000
 
 
 @dataclass

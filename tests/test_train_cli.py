@@ -270,7 +270,7 @@ print(held, resident_mb())
 def test_the_training_loop_releases_free_memory_every_interval(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train, "release_free_memory", lambda: calls.append(1))
-    settings, config = quick_settings(tmp_path, total_steps=2 * common.RELEASE_MEMORY_INTERVAL + 1,
-                                      eval_interval=2 * common.RELEASE_MEMORY_INTERVAL)
+    settings, config = quick_settings(tmp_path, total_steps=2 * train.RELEASE_MEMORY_INTERVAL + 1,
+                                      eval_interval=2 * train.RELEASE_MEMORY_INTERVAL)
     train.run_training(train.build_agent(settings, config), settings, progress=False)
     assert len(calls) == 2
