@@ -2,7 +2,7 @@
 
     python -m bench.atari100k                                  # DrQ(epsilon) on Pong, Breakout, Boxing, 3 seeds
     python -m bench.atari100k --agent der --games Pong --seeds 0 1 2 3 4
-    python -m bench.atari100k --report-only                    # the table of the runs finished so far
+    python -m bench.atari100k --report-only                    # the table of DrQ's runs finished so far
     python -m bench.atari100k --storage postgresql+psycopg://USER@HOST/DB --jobs 4     # on many machines
 
 Each run is ``train.py --env ALE/GAME-v5 --agent AGENT --seed N`` with the agent's Atari 100k preset
@@ -18,13 +18,16 @@ score, (score - random) / (human - random), with the random and human scores of 
 the games run, the mean, the median and the interquartile mean (IQM) of the human-normalised scores, the IQM with
 its 95% stratified-bootstrap interval (`rliable`, Agarwal et al., 2021). Beside them, the published scores of
 DER, OTRainbow, DrQ and SPR on the same games, aggregated the same way (their per-game means: no interval).
-Written as ``atari100k.json`` and ``atari100k.png`` (learning curves of every seed) into ``--out``.
+The report covers every finished run of the agent in ``--out``, those of this command's games and seeds and
+those of earlier commands, and is written as ``atari100k-AGENT.json`` and ``atari100k-AGENT.png`` (learning curves
+of every seed) into ``--out``: each agent has its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -77,6 +80,14 @@ def known_game(game: str) -> bool:
 
     gym.register_envs(ale_py)
     return game_id(game) in gym.registry
+
+
+def finished_runs(runs: Path, agent: str) -> list[str]:
+    """The cells (``GAME|AGENT|SEED``) of `agent`'s runs with a record in `runs` (``AGENT-GAME-SEED.json``), run by
+    this command or another."""
+    names = (re.fullmatch(rf"{agent}-(?P<game>[A-Za-z0-9]+)-(?P<seed>\d+)\.json", path.name)
+             for path in sorted(runs.glob(f"{agent}-*.json")))
+    return [f"{name['game']}|{agent}|{name['seed']}" for name in names if name]
 
 
 def run_cell(cell: str, args: argparse.Namespace, train: bool = True) -> dict:
@@ -210,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         failed = work(study, cells, lambda cell: run_cell(cell, args), args.jobs)
         if failed:
             raise UserError(f"bench.atari100k: {len(failed)} runs failed: {'; '.join(failed)}")
-    results = report(finished_results(study, cells, lambda cell: run_cell(cell, args, train=False)), args.games)
-    atomic_write_text(args.out / "atari100k.json", json.dumps(results, indent=2) + "\n")
+    reported = cells + [cell for cell in finished_runs(args.out / "runs", args.agent) if cell not in cells]
+    games = list(dict.fromkeys(cell.split("|")[0] for cell in reported))
+    results = report(finished_results(study, reported, lambda cell: run_cell(cell, args, train=False)), games)
+    stem = args.out / f"atari100k-{args.agent}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     if results["games"]:
-        plot(results, args.out / "atari100k.png")
-    print(f"wrote {args.out / 'atari100k.json'}" + (f" and {args.out / 'atari100k.png'}" if results["games"] else ""))
+        plot(results, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json" + (f" and {stem}.png" if results["games"] else ""))
     return 0
 
 

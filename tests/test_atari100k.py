@@ -185,8 +185,32 @@ def test_a_killed_run_goes_on_from_its_checkpoint_and_its_final_record_is_comple
     record = json.loads(stem.with_name(stem.name + ".json").read_text())
     assert [e["step"] for e in record["evaluations"]] == [60, 120] and record["steps"] == 120
     assert record["final_evaluation"]["episodes"] == 2 and record["config"]["random_shift"] == 4
-    results = json.loads((tmp_path / "atari100k.json").read_text())
+    results = json.loads((tmp_path / "atari100k-drq.json").read_text())
     (run,) = results["runs"]
     assert run["final"] == record["final_evaluation"]["mean"] and run["peak_mb"] > 100
     assert results["aggregate"]["games"] == ["Pong"] and "| Pong | 1 |" in bench.stdout
-    assert (tmp_path / "atari100k.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "atari100k-drq.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_agents_report_covers_its_finished_runs_of_earlier_commands_and_leaves_the_other_agents_alone(tmp_path):
+    stem = tmp_path / "runs" / "drq-Pong-0"
+    bench = subprocess.run([sys.executable, "-m", "bench.atari100k", "--games", "Pong", "--seeds", "0",
+                            "--total-steps", "60", "--out", str(tmp_path), "--", *TINY_ATARI], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr
+    final = json.loads(stem.with_name(stem.name + ".json").read_text())["final_evaluation"]["mean"]
+
+    def report(*args: str, total_steps: int = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench.atari100k", "--report-only", "--total-steps",
+                               str(total_steps), "--out", str(tmp_path), *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+
+    other_game = report("--games", "Boxing", "--seeds", "1")  # Pong seed 0 ran in the command before
+    assert other_game.returncode == 0, other_game.stderr
+    drq = json.loads((tmp_path / "atari100k-drq.json").read_text())
+    assert [(run["game"], run["seed"], run["final"]) for run in drq["runs"]] == [("Pong", 0, final)]
+    assert report("--agent", "der").returncode == 0
+    assert json.loads((tmp_path / "atari100k-der.json").read_text())["runs"] == []
+    assert json.loads((tmp_path / "atari100k-drq.json").read_text()) == drq
+    longer = report(total_steps=120)  # a run of another budget is another grid's
+    assert longer.returncode == 0 and json.loads((tmp_path / "atari100k-drq.json").read_text())["runs"] == []
