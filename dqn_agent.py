@@ -498,7 +498,7 @@ class DeepQLearning:
     def td_target(self, batch: Batch) -> tf.Tensor:
         """DQN's target y = R + gamma^k * (1 - terminated) * Q(s', a'; theta^-), shape (B,): the target network
         values s' at the action a' of `next_actions` (n-step returns: R sums k rewards, k = n or fewer)."""
-        next_q_target = self.target_network(batch.next_states, training=True)
+        next_q_target = self.target_outputs(batch.next_states)
         next_actions = self.next_actions(batch.next_states, next_q_target)
         next_values = ops.take_along_axis(next_q_target, next_actions[:, None], axis=1)[:, 0]
         return batch.rewards + self.bootstrap_discounts(batch) * next_values
@@ -507,15 +507,34 @@ class DeepQLearning:
         """C51's target, shape (B, N): the target network's distribution of the return at (s', a'), a' from
         `next_actions` on its mean, moved to R + gamma^k (1 - terminated) z and projected back onto the atoms
         (`project_distribution`)."""
-        next_probabilities = ops.softmax(self.target_network(batch.next_states, training=True), axis=-1)
+        next_probabilities = ops.softmax(self.target_outputs(batch.next_states), axis=-1)
         next_actions = self.next_actions(batch.next_states, ops.sum(next_probabilities * self.support, axis=-1))
         next_distribution = ops.take_along_axis(next_probabilities, next_actions[:, None, None], axis=1)[:, 0]
         return project_distribution(batch.rewards, self.bootstrap_discounts(batch), next_distribution, self.support)
 
+    def target_outputs(self, next_states: tf.Tensor) -> tf.Tensor:
+        """The target network's outputs at s' (Q-values, or C51's logits). Where theta^- = theta at every update
+        (`target_is_main`) they are the main network's, which gives the same values without a copy's forward
+        pass."""
+        network = self.main_network if self.target_is_main else self.target_network
+        return network(next_states, training=True)
+
+    @property
+    def target_is_main(self) -> bool:
+        """Whether theta^- = theta at every update: train.py copies the main network whole (tau = 1) after every
+        environment step (``target_update_interval = 1``), and each training phase is one gradient step, as
+        DrQ(epsilon) does. Noisy networks are left out: their two networks draw separate noise. Then Double DQN's
+        choice is the target's own, and an update runs the network on s' once instead of twice (`python -m bench.costs
+        --atari` times DrQ's update)."""
+        config = self.config
+        return (config.tau == 1.0 and config.target_update_interval == 1 and config.gradient_steps == 1
+                and not config.noisy_nets)
+
     def next_actions(self, next_states: tf.Tensor, next_q_target: tf.Tensor) -> tf.Tensor:
         """a' at s': argmax_a' Q(s', a'; theta^-) for DQN; for Double DQN the main network chooses it,
-        argmax_a' Q(s', a'; theta), and the target network values it."""
-        if self.config.double_dqn:
+        argmax_a' Q(s', a'; theta), and the target network values it (the same choice where theta^- = theta,
+        `target_is_main`)."""
+        if self.config.double_dqn and not self.target_is_main:
             return ops.argmax(self.expected_q(self.main_network(next_states, training=True)), axis=1)
         return ops.argmax(next_q_target, axis=1)
 

@@ -47,6 +47,19 @@ def milliseconds(call: Callable[[], object], repeats: int, per: int = 1, rounds:
     return statistics.median(times)
 
 
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int, rounds: int = 7) -> dict[str, float]:
+    """Milliseconds per call of each of `calls`, the median over `rounds` rounds that time each call `repeats`
+    times in turn, so that a change in the machine's load falls on all of them alike (each is called once first,
+    to trace and warm it)."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name].append(milliseconds(call, repeats, rounds=1))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def fill_with_random_play(env: object, agents: Iterable, steps: int, seed: int) -> np.ndarray:
     """Store `steps` steps of random play in every agent's replay memory; return the last state."""
     state, _ = env.reset(seed=seed)
@@ -89,6 +102,8 @@ def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
     configs = {agent: find_preset("ALE/Pong-v5", agent_presets_dir(agent)).over(find_preset("ALE/Pong-v5")).config
                for agent in ("drq", "der")}
     agents = {"drq": DQNConfig(**configs["drq"]), "drq, no shifts": DQNConfig(**{**configs["drq"], "random_shift": 0}),
+              # theta^- is then not theta at every update: the target network runs on s' beside the main one
+              "drq, target network apart": DQNConfig(**{**configs["drq"], "target_update_interval": 2}),
               "der": DQNConfig(**configs["der"])}
     agents = {name: agent_class(env.observation_space.shape, int(env.action_space.n), config)
               for name, config in agents.items()}
@@ -97,6 +112,7 @@ def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
     images = drq.sample(32)[0].states
     seed = keras.random.SeedGenerator(0)
     shift = tf_function(lambda batch: random_shift(batch, 4, seed))
+    updates = interleaved({name: lambda agent=agent: agent.training_phase(1) for name, agent in agents.items()}, 10)
     return [
         ("`env.step(action)`, ALE/Pong-v5 (4 frames, preprocessing, stacking)", milliseconds(
             lambda: env.step(0) if not env.step(0)[2] else env.reset(), 200, per=2)),
@@ -104,8 +120,7 @@ def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
         (f"`sample(32)` from {size:,} Pong steps (frames assembled into stacks)", milliseconds(
             lambda: drq.sample(32), 200)),
         ("`random_shift` of 32 84x84x4 stacks, compiled", milliseconds(lambda: shift(images), 200)),
-        *[(f"`training_phase(1)`, {name}: one update (sampling included)", milliseconds(
-            lambda agent=agent: agent.training_phase(1), 20)) for name, agent in agents.items()],
+        *[(f"`training_phase(1)`, {name}: one update (sampling included)", cost) for name, cost in updates.items()],
         ("`update_target_network()`, Nature CNN", milliseconds(drq.update_target_network, 200)),
     ]
 
@@ -125,13 +140,8 @@ def rainbow_rows(agent_class: type, env_id: str = "MinAtar/Breakout-v1") -> list
               for name, config in configs.items()}
     state = fill_with_random_play(env, agents.values(), 5_000, seed=0)
     steps = agents["Rainbow"].config.gradient_steps
-    rounds: dict[str, list[float]] = {name: [] for name in agents}
-    for agent in agents.values():
-        milliseconds(lambda agent=agent: agent.training_phase(steps), 10)  # traced, and warm
-    for _ in range(7):
-        for name, agent in agents.items():
-            rounds[name].append(milliseconds(lambda agent=agent: agent.training_phase(steps), 100, rounds=1))
-    phases = [(f"`training_phase({steps})`, {name}", statistics.median(times)) for name, times in rounds.items()]
+    phases = [(f"`training_phase({steps})`, {name}", cost) for name, cost in interleaved(
+        {name: lambda agent=agent: agent.training_phase(steps) for name, agent in agents.items()}, 100).items()]
     acting = [(f"`act(state, 0)`, {name}", milliseconds(lambda agent=agent: agent.act(state, 0.0), 2000))
               for name, agent in agents.items() if name in ("DQN (one-step targets)", "Rainbow")]
     return phases + acting

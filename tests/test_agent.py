@@ -98,6 +98,45 @@ def test_soft_target_update_moves_tau_of_the_way():
     np.testing.assert_allclose(agent.target_network.get_weights()[-1], [1.75, 3.5])
 
 
+# train.py copies theta into theta^- after every environment step and updates one gradient step at a time (DrQ)
+COPIED_BEFORE_EVERY_UPDATE = {"tau": 1.0, "target_update_interval": 1, "train_frequency": 1, "gradient_steps": 1}
+
+
+class CountedNetwork:
+    """A network that counts its calls."""
+
+    def __init__(self, network: keras.Model) -> None:
+        self.network, self.calls = network, 0
+
+    def __call__(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        self.calls += 1
+        return self.network(inputs, training=training)
+
+
+def test_where_the_target_network_is_the_main_one_at_every_update_the_target_runs_one_network_once():
+    agent = small_agent(gamma=0.5, double_dqn=True, **COPIED_BEFORE_EVERY_UPDATE)
+    set_constant_q(agent.main_network, [2.0, 5.0])
+    agent.update_target_network()  # theta^- = theta, as train.py leaves it before each update
+    assert agent.target_is_main
+    agent.main_network, agent.target_network = CountedNetwork(agent.main_network), None  # None: never run
+    # Double DQN: the main network chooses action 1 and the target network (the same weights) values it at 5
+    assert float(agent.td_target(constant_batch(rewards=[1.0], terminated=[0.0], actions=[1]))[0]) == \
+        pytest.approx(1.0 + 0.5 * 5.0)
+    assert agent.main_network.calls == 1
+
+
+@pytest.mark.parametrize("overrides", [{"target_update_interval": 2}, {"gradient_steps": 4}, {"tau": 0.5},
+                                       {"noisy_nets": True}])
+def test_otherwise_the_target_network_values_s_prime_itself(overrides):
+    agent = small_agent(gamma=0.5, double_dqn=True, **{**COPIED_BEFORE_EVERY_UPDATE, **overrides})
+    assert not agent.target_is_main  # noisy networks: the two networks draw separate noise
+    if not agent.config.noisy_nets:
+        set_constant_q(agent.main_network, [9.0, 1.0])
+        set_constant_q(agent.target_network, [2.0, 5.0])
+        batch = constant_batch(rewards=[1.0], terminated=[0.0], actions=[1])
+        assert float(agent.td_target(batch)[0]) == pytest.approx(1.0 + 0.5 * 2.0)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
 def test_a_training_phase_moves_the_taken_actions_q_value_towards_the_target(optimizer):
     agent = small_agent(learning_rate=0.01, gamma=0.0, batch_size=4, optimizer=optimizer)
