@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -232,23 +232,44 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode())
 
 
-def evaluate_policy(env: gym.Env, policy: Callable[[np.ndarray], int], episodes: int, seed: int) -> np.ndarray:
+def evaluate_policy(envs: Sequence[gym.Env], policy: Callable[[np.ndarray], np.ndarray], episodes: int,
+                    seed: int) -> np.ndarray:
     """Play `episodes` episodes with `policy` (no exploration) and return their undiscounted returns.
 
-    :param env: an environment used for evaluation only, so that training episodes are not cut.
-    :param policy: the action to take in a state.
+    The episodes are played side by side, one on each of `envs`, and the policy gets the states of all those under
+    way as one batch: one forward pass of a network a step of them all, where playing them one after another makes
+    one a step of each, which is most of an evaluation's time on Atari's CNN. A policy without random draws of its
+    own scores each episode as it would alone: an episode's course depends on its seed and its actions only.
+    (Gymnasium's vector environments do not fit: their autoreset starts the next episode without its seed, and
+    with autoreset off they step every environment until the last episode ends.)
+
+    :param envs: environments used for evaluation only, so that training episodes are not cut; a free one takes the
+        next episode not yet begun.
+    :param policy: the actions in a batch of states, shape (B,).
     :param episodes: number of episodes.
     :param seed: the first episode resets with this seed, the next with seed + 1, and so on, so that
         every evaluation of a run, and every agent evaluated with the same seed, plays the same starts.
     """
     returns = np.zeros(episodes)
-    for episode in range(episodes):
-        state, _ = env.reset(seed=seed + episode)
-        done = False
-        while not done:
-            state, reward, terminated, truncated, _ = env.step(policy(state))
+    unplayed = iter(range(episodes))
+    playing: dict[int, tuple[gym.Env, np.ndarray]] = {}  # episode: its environment and state
+
+    def begin(env: gym.Env) -> None:
+        episode = next(unplayed, None)
+        if episode is not None:
+            playing[episode] = (env, env.reset(seed=seed + episode)[0])
+
+    for env in envs:
+        begin(env)
+    while playing:
+        actions = policy(np.stack([state for _, state in playing.values()]))
+        for (episode, (env, _)), action in zip(list(playing.items()), actions, strict=True):
+            state, reward, terminated, truncated, _ = env.step(int(action))
             returns[episode] += float(reward)
-            done = terminated or truncated
+            playing[episode] = (env, state)
+            if terminated or truncated:
+                del playing[episode]
+                begin(env)
     return returns
 
 

@@ -392,7 +392,16 @@ class DeepQLearning:
         :param state: one observation.
         :param noisy: act on a fresh draw of a noisy network's weights (default: on its mean weights).
         """
-        return int(np.argmax(self.q_values(np.asarray(state)[None], noisy)[0]))
+        return int(self.greedy_actions(np.asarray(state)[None], noisy)[0])
+
+    def greedy_actions(self, states: np.ndarray, noisy: bool = False) -> np.ndarray:
+        """argmax_a Q(s, a; theta) of each of a batch of states, in one forward pass (evaluations play their
+        episodes side by side: `common.evaluate_policy`).
+
+        :param states: a batch of observations.
+        :param noisy: as in `greedy_action`.
+        """
+        return np.argmax(self.q_values(states, noisy), axis=1)
 
     def act(self, state: np.ndarray, epsilon: float) -> int:
         """Epsilon-greedy: a uniformly random action with probability epsilon, else the greedy one (for noisy

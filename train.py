@@ -83,6 +83,8 @@ if TYPE_CHECKING:
 EVAL_SEED_OFFSET = 100_000
 FINAL_EVAL_SEED_OFFSET = 200_000
 CONFIRM_SEED_OFFSET = 300_000
+# Episodes an evaluation plays side by side, their states one batch through the network (`common.evaluate_policy`)
+EVAL_ENVS = 20
 # Steps between two calls of `common.release_free_memory`: at most about 100 MB of freed heap held in between
 RELEASE_MEMORY_INTERVAL = 2_000
 
@@ -170,7 +172,7 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
 
     config = agent.config
     description = describe(agent, settings.env_id, settings.seed)
-    eval_env = make_env(settings.env_id, sticky_actions=settings.sticky_actions)
+    eval_envs = evaluation_envs(settings, max(settings.eval_episodes, settings.confirm_episodes))
     result = TrainingResult()
     env, state = make_env(settings.env_id, sticky_actions=settings.sticky_actions), None
     episode_return, episode_length, learning_starts = 0.0, 0, config.learning_starts
@@ -235,7 +237,7 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
 
             if step % settings.eval_interval == 0 or step == settings.total_steps:
                 eval_start = time.perf_counter()
-                evaluation = evaluate_checkpoint(evaluation_policy(agent, settings), eval_env, settings, step)
+                evaluation = evaluate_checkpoint(evaluation_policy(agent, settings), eval_envs, settings, step)
                 result.eval_seconds += time.perf_counter() - eval_start
                 result.evaluations.append(evaluation)
                 last_eval_shown = f"{evaluation['mean']:.0f}"
@@ -282,8 +284,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
         result.failure = f"{error}; {saved_so_far(settings.out, result, checkpoint_step)}"
     finally:
         bar.close()
-        env.close()
-        eval_env.close()
+        for closing in (env, *eval_envs):
+            closing.close()
     result.steps = step
     result.seconds = time.perf_counter() - start
     return result
@@ -299,19 +301,21 @@ def saved_so_far(stem: Path, result: TrainingResult, checkpoint_step: int | None
     return "; ".join(kept) if kept else "this run had saved nothing yet"
 
 
-def evaluate_checkpoint(policy: Callable[[np.ndarray], int], env: gym.Env, settings: RunSettings, step: int) -> dict:
+def evaluate_checkpoint(policy: Callable[[np.ndarray], np.ndarray], envs: list[gym.Env], settings: RunSettings,
+                        step: int) -> dict:
     """A greedy evaluation of `settings.eval_episodes` episodes; if it reaches the early-stop target, a
     confirmation on `settings.confirm_episodes` more episodes from other starts, because a short
     evaluation that reads 500 can hide a policy that fails one start in ten.
 
-    :param policy: the greedy action in a state (e.g. ``agent.greedy_action``).
+    :param policy: the greedy actions in a batch of states (`evaluation_policy`).
+    :param envs: the environments the episodes are played on, side by side (`evaluation_envs`).
     :return: ``step``, ``mean`` and ``std``; if confirmed, ``confirmation_mean``, ``confirmation_std`` and
         ``confirmation_lower_bound`` (see `lower_confidence_bound`).
     """
-    returns = evaluate_policy(env, policy, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
+    returns = evaluate_policy(envs, policy, settings.eval_episodes, settings.seed + EVAL_SEED_OFFSET)
     evaluation = {"step": step, "mean": float(np.mean(returns)), "std": float(np.std(returns))}
     if settings.reward_threshold is not None and evaluation["mean"] >= settings.reward_threshold:
-        confirmation = evaluate_policy(env, policy, settings.confirm_episodes,
+        confirmation = evaluate_policy(envs, policy, settings.confirm_episodes,
                                        settings.seed + CONFIRM_SEED_OFFSET)
         evaluation.update(confirmation_mean=float(np.mean(confirmation)), confirmation_std=float(np.std(confirmation)),
                           confirmation_lower_bound=lower_confidence_bound(confirmation))
@@ -670,24 +674,36 @@ def build_agent(settings: RunSettings, config: DQNConfig) -> DeepQLearning:
     return agent
 
 
-def evaluation_policy(agent: DeepQLearning, settings: RunSettings) -> Callable[[np.ndarray], int]:
-    """The policy that evaluations play: the greedy action, or with `settings.eval_epsilon` a random one at that
-    rate, drawn from a generator of the evaluation's own (the same draws at every evaluation, and none taken
-    from training's)."""
+def evaluation_policy(agent: DeepQLearning, settings: RunSettings) -> Callable[[np.ndarray], np.ndarray]:
+    """The policy that evaluations play, on a batch of states: the greedy actions, or with `settings.eval_epsilon`
+    each a random one at that rate, drawn from a generator of the evaluation's own (the same draws at every
+    evaluation, and none taken from training's)."""
     if not settings.eval_epsilon:
-        return agent.greedy_action
+        return agent.greedy_actions
     rng = np.random.default_rng(settings.seed + EVAL_SEED_OFFSET)
-    return lambda state: int(rng.integers(agent.num_actions)) if rng.random() < settings.eval_epsilon \
-        else agent.greedy_action(state)
+
+    def epsilon_greedy(states: np.ndarray) -> np.ndarray:
+        explore = rng.random(len(states)) < settings.eval_epsilon
+        return np.where(explore, rng.integers(agent.num_actions, size=len(states)), agent.greedy_actions(states))
+
+    return epsilon_greedy
+
+
+def evaluation_envs(settings: RunSettings, episodes: int) -> list[gym.Env]:
+    """The environments an evaluation of `episodes` episodes plays on side by side (`common.evaluate_policy`): as
+    many as it has episodes, up to `EVAL_ENVS`."""
+    return [make_env(settings.env_id, sticky_actions=settings.sticky_actions)
+            for _ in range(min(episodes, EVAL_ENVS))]
 
 
 def final_evaluation(agent: DeepQLearning, settings: RunSettings) -> np.ndarray:
     """Reload the saved weights and play ``final_eval_episodes`` episodes (`evaluation_policy`) on fresh seeds."""
     agent.load(weights_path(settings.out))
-    env = make_env(settings.env_id, sticky_actions=settings.sticky_actions)
-    returns = evaluate_policy(env, evaluation_policy(agent, settings), settings.final_eval_episodes,
+    envs = evaluation_envs(settings, settings.final_eval_episodes)
+    returns = evaluate_policy(envs, evaluation_policy(agent, settings), settings.final_eval_episodes,
                               settings.seed + FINAL_EVAL_SEED_OFFSET)
-    env.close()
+    for env in envs:
+        env.close()
     return returns
 
 

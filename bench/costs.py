@@ -117,6 +117,8 @@ def atari_rows(agent_class: type, size: int = 5_000) -> list[tuple[str, float]]:
         ("`env.step(action)`, ALE/Pong-v5 (4 frames, preprocessing, stacking)", milliseconds(
             lambda: env.step(0) if not env.step(0)[2] else env.reset(), 200, per=2)),
         ("`act(state, 0)`, Nature CNN, one compiled call", milliseconds(lambda: drq.act(state, 0.0), 200)),
+        ("`q_values` of 20 states (an evaluation's 20 episodes side by side), per state", milliseconds(
+            lambda: drq.q_values(images[:20]), 50, per=20)),
         (f"`sample(32)` from {size:,} Pong steps (frames assembled into stacks)", milliseconds(
             lambda: drq.sample(32), 200)),
         ("`random_shift` of 32 84x84x4 stacks, compiled", milliseconds(lambda: shift(images), 200)),

@@ -31,7 +31,14 @@ import numpy as np
 from common import atomic_write_text, evaluate_policy, run_cli
 from environments import make_env, reward_threshold
 from presets import find_preset
-from train import FINAL_EVAL_SEED_OFFSET, RunSettings, evaluate_checkpoint, evaluation_score, reached_target
+from train import (
+    FINAL_EVAL_SEED_OFFSET,
+    RunSettings,
+    evaluate_checkpoint,
+    evaluation_envs,
+    evaluation_score,
+    reached_target,
+)
 
 # rl-baselines3-zoo, hyperparams/dqn.yml: n_timesteps, and the arguments of stable_baselines3.DQN
 _CLASSIC = {"learning_rate": 6.3e-4, "batch_size": 128, "buffer_size": 50_000, "learning_starts": 0, "gamma": 0.99,
@@ -115,7 +122,7 @@ def main() -> None:
     settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed})
     hyperparameters = {**hyperparameters, "exploration_fraction":
                        hyperparameters["exploration_fraction"] * zoo_steps / settings.total_steps}
-    env, eval_env = make_env(settings.env_id), make_env(settings.env_id)
+    env, eval_envs = make_env(settings.env_id), evaluation_envs(settings, settings.final_eval_episodes)
     images = len(env.observation_space.shape) == 3
     if images:
         hyperparameters = {**hyperparameters, "policy_kwargs": minatar_policy_kwargs(), "optimize_memory_usage": False}
@@ -128,18 +135,18 @@ def main() -> None:
     model = Algorithm("CnnPolicy" if images else "MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0,
                       **hyperparameters)
 
-    def greedy(state: np.ndarray) -> int:
-        """The greedy action from the Q-network's forward pass, as this project's agent acts (model.predict costs
-        milliseconds a call and would make SB3's evaluations, not its learning, the bench's measure); QR-DQN's
-        Q-values are its quantiles' means."""
+    def greedy(states: np.ndarray) -> np.ndarray:
+        """The greedy actions in a batch of states from the Q-network's forward pass, as this project's agent
+        evaluates (model.predict costs milliseconds a call and would make SB3's evaluations, not its learning, the
+        bench's measure); QR-DQN's Q-values are its quantiles' means."""
         with torch.no_grad():
             if images:  # SB3's own preprocessing: channel-first, then scaled by the features extractor
-                observation = model.policy.obs_to_tensor(np.asarray(state))[0]
+                observations = model.policy.obs_to_tensor(states)[0]
             else:
-                observation = torch.as_tensor(np.asarray(state)[None], dtype=torch.float32)
+                observations = torch.as_tensor(states, dtype=torch.float32)
             if args.algo == "qrdqn":
-                return int(model.quantile_net(observation).mean(dim=1).argmax())
-            return int(model.q_net(observation).argmax())
+                return model.quantile_net(observations).mean(dim=1).argmax(dim=1).numpy()
+            return model.q_net(observations).argmax(dim=1).numpy()
 
     agent_name = "sb3-contrib QR-DQN" if args.algo == "qrdqn" else "stable-baselines3 DQN"
     record = {"env_id": settings.env_id, "seed": settings.seed, "agent": f"{agent_name} (RL-Zoo)",
@@ -157,7 +164,7 @@ def main() -> None:
             if step % settings.eval_interval and step != settings.total_steps:
                 return True
             eval_start = time.perf_counter()
-            evaluation = evaluate_checkpoint(greedy, eval_env, settings, step)
+            evaluation = evaluate_checkpoint(greedy, eval_envs, settings, step)
             record["eval_seconds"] += time.perf_counter() - eval_start
             record["evaluations"].append(evaluation)
             score, confirmed = evaluation_score(evaluation)
@@ -175,7 +182,7 @@ def main() -> None:
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["eval_seconds"] = round(record["eval_seconds"], 2)
     model.policy.load_state_dict(best_policy["state"])
-    returns = evaluate_policy(eval_env, greedy, settings.final_eval_episodes, settings.seed + FINAL_EVAL_SEED_OFFSET)
+    returns = evaluate_policy(eval_envs, greedy, settings.final_eval_episodes, settings.seed + FINAL_EVAL_SEED_OFFSET)
     record["final_evaluation"] = {"episodes": len(returns), "mean": float(np.mean(returns)),
                                   "std": float(np.std(returns))}
     record["versions"] = {"stable_baselines3": __import__("stable_baselines3").__version__,

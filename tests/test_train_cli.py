@@ -237,6 +237,21 @@ def test_the_early_stop_needs_the_confirmations_lower_bound_at_the_target():
     assert not train.reached_target({"mean": 500.0}, 475)  # an evaluation without a confirmation never stops a run
 
 
+def test_episodes_played_side_by_side_score_as_each_would_alone_with_the_states_in_one_batch():
+    batches = []
+
+    def lean_policy(states: np.ndarray) -> np.ndarray:  # push the cart the way the pole leans: short episodes
+        batches.append(len(states))
+        return (states[:, 2] > 0).astype(int)
+
+    alone = [common.evaluate_policy([gym.make("CartPole-v1")], lean_policy, 1, seed)[0] for seed in range(10, 17)]
+    steps_alone, batches[:] = sum(batches), []
+    envs = [gym.make("CartPole-v1") for _ in range(3)]
+    side_by_side = common.evaluate_policy(envs, lean_policy, 7, 10)
+    np.testing.assert_array_equal(side_by_side, alone)  # episode i from seed 10 + i, whichever environment played it
+    assert len(set(alone)) > 1 and max(batches) == 3 and sum(batches) == steps_alone < 3 * len(batches)
+
+
 def test_an_output_stem_with_a_dot_keeps_its_whole_name_in_every_file(tmp_path):
     stem = tmp_path / "dqn-lr1.25e-4-MinAtar-Breakout-v1-0"  # Path.with_suffix would cut it at "lr1"
     assert stem_file(stem, ".json") == tmp_path / "dqn-lr1.25e-4-MinAtar-Breakout-v1-0.json"
