@@ -107,9 +107,14 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a checkpoint written by train.py ({type(error).__name__}: {error})") from error
 
 
+# A run's record with one of these stop reasons is that of a run stopped before its end, which its checkpoint continues
+STOPPED_EARLY = ("interrupted", "write failed")
+
+
 def unfinished_run_step(stem: Path) -> int | None:
-    """The step of the last checkpoint of the run at `stem` if that run stopped without its final record
-    (``STEM.json``), as a killed run does; None if there is no such checkpoint.
+    """The step of the last checkpoint of the run at `stem` if that run stopped before its end: without its final
+    record (``STEM.json``), as a killed run does, or with a record that says it was stopped (Ctrl-C, SIGTERM, a
+    failed write: `STOPPED_EARLY`); None if there is no such checkpoint.
     """
     path = checkpoint_path(stem)
     if not path.is_file():
@@ -121,18 +126,20 @@ def unfinished_run_step(stem: Path) -> int | None:
     except (UserError, ValueError, OSError):
         return None
     checkpoint_run, checkpoint_step = state["result"]["run_id"], state["result"]["steps"]
-    if record.get("run_id") == checkpoint_run and record.get("steps", 0) >= checkpoint_step:
+    if (record.get("run_id") == checkpoint_run and record.get("steps", 0) >= checkpoint_step
+            and record.get("stop_reason") not in STOPPED_EARLY):
         return None
     return checkpoint_step
 
 
 def unfinished_run_note(stem: Path) -> str | None:
-    """What a command says of a run at `stem` that stopped without its final record, with the command that
-    continues it; None if there is no such run."""
+    """What a command says of a run at `stem` that stopped before its end, with the command that continues it;
+    None if there is no such run."""
     step = unfinished_run_step(stem)
     if step is None:
         return None
-    return (f"the run at {stem} stopped at step {step} without its final record (killed?); continue it with: "
+    return (f"the run at {stem} stopped before its end (killed or interrupted), after its checkpoint at step {step}; "
+            "continue it with: "
             f"python train.py --resume {shlex.quote(str(stem))}")
 
 

@@ -130,6 +130,9 @@ def test_an_unfinished_run_is_reported_with_the_command_that_continues_it(tmp_pa
     record = {"run_id": result.run_id, "steps": 300}
     settings.out.with_name("run.json").write_text(json.dumps(record))
     assert unfinished_run_step(settings.out) is None
+    for stopped in ("interrupted", "write failed"):  # stopped with a record: the checkpoint continues it
+        settings.out.with_name("run.json").write_text(json.dumps({**record, "steps": 340, "stop_reason": stopped}))
+        assert unfinished_run_step(settings.out) == 300
 
 
 def kill_during_save(stem, suffix: str, nth: int, hidden: str) -> subprocess.CompletedProcess:
@@ -172,7 +175,7 @@ def test_kill_9_at_any_moment_leaves_files_that_load_as_one_agent(tmp_path):
     assert loaded_network() == (16,)
     shown = run_program("visualize.py", "--weights", str(weights), "--out", str(tmp_path / "agent.mp4"))
     assert shown.returncode == 0, shown.stderr
-    assert "stopped at step 1200 without its final record (killed?)" in shown.stderr
+    assert "stopped before its end (killed or interrupted), after its checkpoint at step 1200" in shown.stderr
     assert f"python train.py --resume {stem}" in shown.stderr
     resumed = run_program("train.py", "--resume", str(stem), "--total-steps", "1500", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
