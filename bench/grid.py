@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.timed import run_timed
-from checkpoints import unfinished_run_step
+from checkpoints import checkpoint_path, read_checkpoint_state, unfinished_run_step
 from common import atomic_write_text, stem_file
 from tune import open_study
 
@@ -106,9 +106,10 @@ def train_cell(stem: Path, train_args: list[str], total_steps: int, train: bool 
     :raises FileNotFoundError: if `train` is False and the cell has no finished run of `total_steps` to keep.
     """
     common = ["--total-steps", str(total_steps), "--no-progress"]
-    if unfinished_run_step(stem) is not None:  # its worker died: the run goes on from its checkpoint
+    if unfinished_run_step(stem) is not None:  # its worker died or was stopped: the run goes on from its checkpoint
+        earlier = read_checkpoint_state(checkpoint_path(stem))["result"]["seconds"]
         return timed_cell(stem, ["train.py", "--resume", str(stem), *common], total_steps, finished=False,
-                          train=train)
+                          train=train, earlier_seconds=earlier)
     return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args], total_steps,
                       train=train)
 
@@ -128,13 +129,15 @@ def check_budget(stem: Path, total_steps: int, train: bool = True) -> None:
                            f"run this cell, or pass --total-steps {budget}")
 
 
-def timed_cell(stem: Path, command: list[str], total_steps: int, finished: bool = True,
-               train: bool = True) -> tuple[dict, dict]:
+def timed_cell(stem: Path, command: list[str], total_steps: int, finished: bool = True, train: bool = True,
+               earlier_seconds: float = 0.0) -> tuple[dict, dict]:
     """Run `command` (``python`` arguments), timed, unless the cell at `stem` has its record
     (``STEM.json``) and timing (``STEM.timed.json``) and `finished` allows keeping them; return both.
 
     :param total_steps: the grid's budget: a finished run of another is refused (`check_budget`).
     :param train: False to keep a finished run only, and run nothing.
+    :param earlier_seconds: a resumed run's seconds up to its checkpoint, added to this command's: the timing is
+        the whole run's (its peak memory, this command's).
     :raises FileNotFoundError: if `train` is False and the cell has no finished run of `total_steps` to keep.
     :raises RuntimeError: if the command fails, with its last line, or if the cell's finished run had another budget.
     :raises KeyboardInterrupt: if the command was stopped (Ctrl-C, SIGTERM).
@@ -152,7 +155,7 @@ def timed_cell(stem: Path, command: list[str], total_steps: int, finished: bool 
             said = timed.stderr.strip().splitlines() or ["no message"]
             program = command[1] if command[0] == "-m" else command[0]
             raise RuntimeError(f"{stem.name}: {program} failed: {said[-1]}")
-        atomic_write_text(timing_path, json.dumps({"process_seconds": round(timed.wall_seconds, 1),
+        atomic_write_text(timing_path, json.dumps({"process_seconds": round(earlier_seconds + timed.wall_seconds, 1),
                                                    "peak_mb": round(timed.peak_mb)}) + "\n")
     return json.loads(record_path.read_text()), json.loads(timing_path.read_text())
 

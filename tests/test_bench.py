@@ -169,6 +169,18 @@ def test_a_finished_run_of_another_budget_is_neither_a_result_of_the_grid_nor_ov
     assert json.loads(stem.with_name(stem.name + ".json").read_text()) == record
 
 
+def test_a_resumed_cells_time_is_the_whole_runs_its_checkpoints_seconds_and_the_commands(tmp_path):
+    from bench.grid import timed_cell
+
+    stem = tmp_path / "dqn-minatar-breakout-v1-0"
+    record = {"run": {"total_steps": 50_000}, "final_evaluation": {"mean": 3.0}}
+    stem.with_name(stem.name + ".json").write_text(json.dumps(record))  # as the resumed run writes it at its end
+    start = time.perf_counter()
+    _, timing = timed_cell(stem, ["-c", "pass"], 50_000, finished=False, earlier_seconds=1_000.0)
+    assert 1_000.0 <= timing["process_seconds"] <= 1_000.0 + time.perf_counter() - start + 0.1
+    assert json.loads(stem.with_name(stem.name + ".timed.json").read_text()) == timing
+
+
 def test_a_qr_dqn_cell_of_another_budget_is_neither_a_result_of_the_ablation_nor_overwritten(tmp_path):
     from bench.ablation import QR_DQN, run_cell
 
