@@ -266,10 +266,11 @@ def evaluate_policy(envs: Sequence[gym.Env], policy: Callable[[np.ndarray], np.n
         for (episode, (env, _)), action in zip(list(playing.items()), actions, strict=True):
             state, reward, terminated, truncated, _ = env.step(int(action))
             returns[episode] += float(reward)
-            playing[episode] = (env, state)
             if terminated or truncated:
                 del playing[episode]
                 begin(env)
+            else:
+                playing[episode] = (env, state)
     return returns
 
 
