@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.grid import finished_results, interval, open_grid, timed_cell, train_cell, work
+from bench.sb3_dqn import checkpoint_path, checkpoint_state
 from bench.timed import machine
-from common import UserError, atomic_write, atomic_write_text, figure_bytes, run_cli, seed_argument
+from common import UserError, atomic_write, atomic_write_text, figure_bytes, run_cli, seed_argument, stem_file
 from presets import find_preset
 
 if TYPE_CHECKING:
@@ -85,16 +86,18 @@ def grid(args: argparse.Namespace) -> list[str]:
 
 def run_cell(cell: str, args: argparse.Namespace, train: bool = True) -> dict:
     """Train one cell (or continue it from its checkpoint, or keep its finished record); return its result. A
-    QR-DQN cell is ``python -m bench.sb3_dqn --algo qrdqn``, which keeps no checkpoint: a died one starts again.
+    QR-DQN cell is ``python -m bench.sb3_dqn --algo qrdqn``, which goes on from its own checkpoint.
 
     :param train: False to keep a finished record only (FileNotFoundError if there is none)."""
     game, variant, seed = cell.split("|")
     name = "-".join([variant.replace(" - ", "-no-").replace(" ", "-"), game.replace("/", "-"), seed]).lower()
     if variant == QR_DQN:
         stem = args.out / "runs" / name.replace("(", "").replace(")", "")
+        checkpoint = checkpoint_state(checkpoint_path(stem_file(stem, ".json")))
         record, timing = timed_cell(stem, ["-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn",
                                            "--total-steps", str(args.total_steps), "--out", f"{stem}.json"],
-                                    args.total_steps, train=train)
+                                    args.total_steps, train=train,
+                                    earlier_seconds=0.0 if checkpoint is None else checkpoint["seconds"])
     else:
         record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
                                                                *args.train_flags], args.total_steps, train)

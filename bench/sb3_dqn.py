@@ -11,6 +11,12 @@ final 100-episode evaluation of the kept weights. Writes a JSON record with the 
 ``--algo qrdqn`` runs sb3-contrib's QR-DQN (Dabney et al., 2018: a distributional DQN, 200 quantiles of the
 return per action, Q their mean) with the same settings, network and protocol.
 
+A run killed or stopped before its end continues when the same command runs again. After each evaluation it
+writes a checkpoint beside ``--out`` (``OUT.checkpoint.zip``: SB3's saved model with its optimizer and step
+count, its replay buffer, the best evaluated weights and the record so far), and deletes it once the record is
+written. The continuation is not the run bit for bit, as ``train.py --resume`` is: SB3 saves neither its random
+generators nor the episode under way, so the run goes on from a fresh episode.
+
 The Zoo's exploration schedule is kept in environment steps whatever the budget (SB3 states it as a
 fraction of the budget). The Zoo has no MinAtar entry: for ``MinAtar/*`` SB3 gets this project's MinAtar
 preset, network included (`MinAtarTorso`: one 16-filter 3x3 convolution and 128 units) and the centred
@@ -22,13 +28,16 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import io
 import json
 import time
+import zipfile
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
-from common import atomic_write_text, evaluate_policy, run_cli
+from common import UserError, atomic_write, atomic_write_text, evaluate_policy, run_cli, stem_file
 from environments import make_env, reward_threshold
 from presets import find_preset
 from train import (
@@ -90,6 +99,36 @@ def minatar_policy_kwargs() -> dict:
             "optimizer_kwargs": {"alpha": 0.95, "eps": 0.01, "centered": True}}
 
 
+def checkpoint_path(out: Path) -> Path:
+    """The checkpoint of the run whose record is `out`: ``OUT.checkpoint.zip`` beside it."""
+    return stem_file(out, ".checkpoint.zip")
+
+
+def write_checkpoint(path: Path, state: dict, members: dict[str, bytes]) -> None:
+    """Write a checkpoint in one step (`common.atomic_write`): a zip of ``state.json``, which `checkpoint_state`
+    reads alone, and `members`, each a name and its bytes."""
+    content = io.BytesIO()
+    with zipfile.ZipFile(content, "w") as archive:
+        archive.writestr("state.json", json.dumps(state))
+        for name, member in members.items():
+            archive.writestr(name, member)
+    atomic_write(path, content.getbuffer())
+
+
+def checkpoint_state(path: Path) -> dict | None:
+    """The ``state.json`` of the checkpoint at `path` (see `write_checkpoint`); None if there is none.
+
+    :raises UserError: if the file is not a checkpoint.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("state.json"))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise UserError(f"{path}: not a checkpoint of bench.sb3_dqn ({error}): move it away to start anew") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1", help=f"one of {', '.join(sorted(RL_ZOO))}")
@@ -106,8 +145,6 @@ def main() -> None:
         parser.error(f"--env: no RL-Zoo entry for {args.env}")
 
     import torch
-    from stable_baselines3 import DQN
-    from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)  # one core, as the two agents share a 2-core machine when benched side by side
     zoo_steps, hyperparameters = zoo_entry(args.env)
@@ -122,18 +159,76 @@ def main() -> None:
     settings = RunSettings(**{**run, "env_id": args.env, "seed": args.seed})
     hyperparameters = {**hyperparameters, "exploration_fraction":
                        hyperparameters["exploration_fraction"] * zoo_steps / settings.total_steps}
+    if args.n_steps != 1:
+        hyperparameters = {**hyperparameters, "n_steps": args.n_steps}
     env, eval_envs = make_env(settings.env_id), evaluation_envs(settings, settings.final_eval_episodes)
+    try:
+        train_and_record(args, settings, hyperparameters, env, eval_envs)
+    finally:
+        for each in (env, *eval_envs):
+            each.close()
+
+
+def train_and_record(args: argparse.Namespace, settings: RunSettings, hyperparameters: dict, env: gym.Env,
+                     eval_envs: list[gym.Env]) -> None:
+    """Train SB3's agent under the protocol, going on from the checkpoint beside ``args.out`` if there is one,
+    and write its record to ``args.out``.
+
+    :param hyperparameters: the agent's arguments (the RL-Zoo's, its exploration in env steps).
+    :param env: the environment it learns on; `eval_envs`, the ones its evaluations play on.
+    :raises UserError: if the checkpoint beside ``args.out`` is another run's.
+    """
+    import torch
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+
     images = len(env.observation_space.shape) == 3
     if images:
         hyperparameters = {**hyperparameters, "policy_kwargs": minatar_policy_kwargs(), "optimize_memory_usage": False}
-    if args.n_steps != 1:
-        hyperparameters = {**hyperparameters, "n_steps": args.n_steps}
     if args.algo == "qrdqn":
         from sb3_contrib import QRDQN as Algorithm
     else:
         Algorithm = DQN
-    model = Algorithm("CnnPolicy" if images else "MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0,
-                      **hyperparameters)
+    checkpoint = checkpoint_path(args.out)
+    run_id = {"env_id": settings.env_id, "seed": settings.seed, "algo": args.algo, "n_steps": args.n_steps,
+              "total_steps": settings.total_steps}
+    state = checkpoint_state(checkpoint)
+    if state is not None and state["run"] != run_id:
+        raise UserError(f"{checkpoint}: the checkpoint of another run ({state['run']}): move it away to run this one")
+    agent_name = "sb3-contrib QR-DQN" if args.algo == "qrdqn" else "stable-baselines3 DQN"
+    record = {"env_id": settings.env_id, "seed": settings.seed, "agent": f"{agent_name} (RL-Zoo)",
+              "hyperparameters": hyperparameters, "run": dataclasses.asdict(settings) | {"out": None},
+              "evaluations": [], "solved_step": None, "eval_seconds": 0.0,
+              "best_eval": {"step": None, "mean": -np.inf, "seconds": None}}
+    best_policy: dict = {}
+    if state is None:
+        model = Algorithm("CnnPolicy" if images else "MlpPolicy", env, seed=settings.seed, device="cpu", verbose=0,
+                          **hyperparameters)
+    else:
+        with zipfile.ZipFile(checkpoint) as archive:
+            model = Algorithm.load(io.BytesIO(archive.read("model.zip")), env=env, device="cpu",
+                                   custom_objects={"policy_kwargs": hyperparameters.get("policy_kwargs", {})})
+            model.load_replay_buffer(io.BytesIO(archive.read("replay_buffer.pkl")))
+            best_policy["state"] = torch.load(io.BytesIO(archive.read("best_policy.pt")))
+        record.update(state["progress"])
+    earlier_seconds, start = 0.0 if state is None else state["seconds"], time.perf_counter()
+
+    def seconds() -> float:
+        """The run's seconds so far, its earlier commands' included."""
+        return earlier_seconds + time.perf_counter() - start
+
+    def save_checkpoint() -> None:
+        """The model (optimizer and step count included), its replay buffer, the best weights and the record's
+        evaluations so far, in `checkpoint`."""
+        model_file, buffer_file, best_file = io.BytesIO(), io.BytesIO(), io.BytesIO()
+        model.save(model_file)
+        model.save_replay_buffer(buffer_file)
+        torch.save(best_policy["state"], best_file)
+        progress = {key: record[key] for key in ("evaluations", "eval_seconds", "best_eval")}
+        write_checkpoint(checkpoint, {"run": run_id, "steps": int(model.num_timesteps), "seconds": seconds(),
+                                      "progress": progress},
+                         {"model.zip": model_file.getvalue(), "replay_buffer.pkl": buffer_file.getvalue(),
+                          "best_policy.pt": best_file.getvalue()})
 
     def greedy(states: np.ndarray) -> np.ndarray:
         """The greedy actions in a batch of states from the Q-network's forward pass, as this project's agent
@@ -148,16 +243,12 @@ def main() -> None:
                 return model.quantile_net(observations).mean(dim=1).argmax(dim=1).numpy()
             return model.q_net(observations).argmax(dim=1).numpy()
 
-    agent_name = "sb3-contrib QR-DQN" if args.algo == "qrdqn" else "stable-baselines3 DQN"
-    record = {"env_id": settings.env_id, "seed": settings.seed, "agent": f"{agent_name} (RL-Zoo)",
-              "hyperparameters": hyperparameters, "run": dataclasses.asdict(settings) | {"out": None},
-              "evaluations": [], "solved_step": None, "eval_seconds": 0.0,
-              "best_eval": {"step": None, "mean": -np.inf, "seconds": None}}
-    best_policy: dict = {}
-    start = time.perf_counter()
-
     class Protocol(BaseCallback):
-        """Evaluate every eval_interval steps, keep the best policy, stop at a confirmed early-stop target."""
+        """Evaluate every eval_interval steps, keep the best policy, stop at a confirmed early-stop target; after
+        an evaluation, write a checkpoint at the start of the next rollout, when SB3 has stored the step and
+        trained on it."""
+
+        checkpoint_due = False
 
         def _on_step(self) -> bool:
             step = self.num_timesteps
@@ -171,15 +262,22 @@ def main() -> None:
             if score > record["best_eval"]["mean"]:
                 best_policy["state"] = copy.deepcopy(model.policy.state_dict())
                 record["best_eval"] = {"step": step, "mean": score, "confirmed": confirmed,
-                                       "seconds": round(time.perf_counter() - start, 2)}
+                                       "seconds": round(seconds(), 2)}
             if reached_target(evaluation, settings.reward_threshold):
                 record["solved_step"] = step
                 return False
+            self.checkpoint_due = step < settings.total_steps
             return True
 
-    model.learn(total_timesteps=settings.total_steps, callback=Protocol())
+        def _on_rollout_start(self) -> None:
+            if self.checkpoint_due:
+                save_checkpoint()
+                self.checkpoint_due = False
+
+    model.learn(total_timesteps=settings.total_steps - model.num_timesteps, callback=Protocol(),
+                reset_num_timesteps=state is None)
     record["steps"] = int(model.num_timesteps)
-    record["seconds"] = round(time.perf_counter() - start, 2)
+    record["seconds"] = round(seconds(), 2)
     record["eval_seconds"] = round(record["eval_seconds"], 2)
     model.policy.load_state_dict(best_policy["state"])
     returns = evaluate_policy(eval_envs, greedy, settings.final_eval_episodes, settings.seed + FINAL_EVAL_SEED_OFFSET)
@@ -191,6 +289,7 @@ def main() -> None:
         record["versions"]["sb3_contrib"] = __import__("sb3_contrib").__version__
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(record, indent=2, default=str) + "\n")
+    checkpoint.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

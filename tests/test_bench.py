@@ -199,6 +199,70 @@ def test_a_qr_dqn_cell_of_another_budget_is_neither_a_result_of_the_ablation_nor
     assert json.loads(stem.with_name(stem.name + ".json").read_text()) == record
 
 
+def test_an_sb3_checkpoints_state_is_read_alone_and_a_file_that_is_not_one_is_one_line(tmp_path):
+    import zipfile
+
+    from bench.sb3_dqn import checkpoint_path, checkpoint_state, write_checkpoint
+    from common import UserError
+
+    path = checkpoint_path(tmp_path / "qr-dqn-1.json")
+    assert path.name == "qr-dqn-1.json.checkpoint.zip" and checkpoint_state(path) is None
+    state = {"run": {"seed": 1}, "steps": 25_000, "seconds": 900.5, "progress": {"evaluations": []}}
+    write_checkpoint(path, state, {"model.zip": b"model", "replay_buffer.pkl": bytes(range(256))})
+    assert checkpoint_state(path) == state
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("replay_buffer.pkl") == bytes(range(256)) and archive.read("model.zip") == b"model"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left beside it
+    path.write_text("not a zip")
+    with pytest.raises(UserError, match="not a checkpoint of bench"):
+        checkpoint_state(path)
+
+
+def test_a_qr_dqn_cell_killed_after_its_checkpoint_is_timed_with_the_checkpoints_seconds(tmp_path, monkeypatch):
+    import bench.ablation
+    from bench.sb3_dqn import checkpoint_path, write_checkpoint
+
+    stem = tmp_path / "runs" / "qr-dqn-sb3-minatar-breakout-v1-2"
+    stem.parent.mkdir()
+    write_checkpoint(checkpoint_path(stem.with_name(stem.name + ".json")), {"seconds": 1_234.5}, {})
+    calls = []
+
+    def timed_cell(cell_stem, command, total_steps, **options):  # what the grid would run, not run: SB3 is not here
+        calls.append((cell_stem, command, options))
+        return {"final_evaluation": {"mean": 8.0}, "steps": 200, "seconds": 20.0, "eval_seconds": 10.0}, {}
+    monkeypatch.setattr(bench.ablation, "timed_cell", timed_cell)
+    cell = f"MinAtar/Breakout-v1|{bench.ablation.QR_DQN}|2"
+    bench.ablation.run_cell(cell, argparse.Namespace(out=tmp_path, total_steps=200))
+    (called_stem, command, options), = calls
+    assert called_stem == stem and command[command.index("--out") + 1] == f"{stem}.json"
+    assert options["earlier_seconds"] == 1_234.5
+
+
+def test_an_sb3_run_killed_after_its_checkpoint_goes_on_to_a_whole_record(tmp_path):
+    """Where Stable-Baselines3 is installed (bench/requirements-sb3.txt; the test requirements leave it out)."""
+    import os
+    import signal
+
+    pytest.importorskip("stable_baselines3")
+    out = tmp_path / "sb3.json"
+    command = [sys.executable, "-m", "bench.sb3_dqn", "--env", "CartPole-v1", "--seed", "3", "--total-steps",
+               "10000", "--out", str(out)]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    checkpoint = tmp_path / "sb3.json.checkpoint.zip"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) != 0 and not out.exists()  # stopped after the evaluation at 2,500 steps
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    record = json.loads(out.read_text())
+    assert [evaluation["step"] for evaluation in record["evaluations"]] == [2_500, 5_000, 7_500, 10_000]
+    assert record["steps"] >= 10_000 and record["final_evaluation"]["episodes"] == 100
+    assert not checkpoint.exists()
+
+
 def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it_was(tmp_path):
     import optuna
 
