@@ -95,7 +95,7 @@ def run_cell(cell: str, args: argparse.Namespace, train: bool = True) -> dict:
         stem = args.out / "runs" / name.replace("(", "").replace(")", "")
         checkpoint = checkpoint_state(checkpoint_path(stem_file(stem, ".json")))
         record, timing = timed_cell(stem, ["-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn",
-                                           "--total-steps", str(args.total_steps), "--out", f"{stem}.json"],
+                                           "--total-steps", str(args.total_steps), "--out", f"{stem}.json", "--resume"],
                                     args.total_steps, train=train,
                                     earlier_seconds=0.0 if checkpoint is None else checkpoint["seconds"])
     else:

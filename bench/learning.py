@@ -36,9 +36,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.sb3_dqn import RL_ZOO
+from bench.sb3_dqn import RL_ZOO, checkpoint_state
+from bench.sb3_dqn import checkpoint_path as sb3_checkpoint_path
 from bench.timed import machine, run_timed
-from checkpoints import unfinished_run_step
+from checkpoints import checkpoint_path, read_checkpoint_state, unfinished_run_step
 from common import (
     atomic_write,
     atomic_write_text,
@@ -58,8 +59,8 @@ def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], s
     """Train one seed of one agent; return its row of the table.
 
     :param variant: a name for `extra`'s settings, in the run's file names (so variants do not share files).
-    :param resume: keep a finished run's record instead of training again, and continue a killed run of ours from
-        its checkpoint (``train.py --resume`` with the same flags).
+    :param resume: keep a finished run's record instead of training again, and continue a killed run from its
+        checkpoint (``train.py --resume`` with the same flags; ``bench.sb3_dqn --resume``), timed as the whole run.
     """
     name = "-".join(part for part in (agent, variant, env_id.replace("/", "-"), str(seed)) if part)
     stem = runs / name
@@ -70,18 +71,25 @@ def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], s
         timing = json.loads(timing_path.read_text())
         print(f"{name}: finished before, record kept", file=sys.stderr, flush=True)
         return row_of(agent, seed, env_id, json.loads(record_path.read_text()), **timing)
+    earlier_seconds = 0.0  # a continued run's seconds up to its checkpoint
     if agent == "dqn":
-        again = ["--resume", str(stem)] if resume and unfinished_run_step(stem) is not None else []
+        again = []
+        if resume and unfinished_run_step(stem) is not None:
+            again = ["--resume", str(stem)]
+            earlier_seconds = read_checkpoint_state(checkpoint_path(stem))["result"]["seconds"]
         timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(stem), "--no-progress",
                           *budget, *extra, *again)
     else:
+        if resume and (checkpoint := checkpoint_state(sb3_checkpoint_path(record_path))) is not None:
+            earlier_seconds = checkpoint["seconds"]
         timed = run_timed("-m", "bench.sb3_dqn", "--env", env_id, "--seed", str(seed), "--budget", sb3_budget,
-                          "--out", str(record_path), "--n-steps", str(sb3_n_steps), *budget)
+                          "--out", str(record_path), "--n-steps", str(sb3_n_steps), *budget,
+                          *(["--resume"] if resume else []))
     if timed.stopped:  # by Ctrl-C or SIGTERM: it goes on from its checkpoint with --resume
         raise KeyboardInterrupt
     if timed.returncode != 0:
         sys.exit(f"bench: {agent} seed {seed} failed:\n{timed.stderr[-2000:]}")
-    timing = {"process_seconds": round(timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb)}
+    timing = {"process_seconds": round(earlier_seconds + timed.wall_seconds, 1), "peak_mb": round(timed.peak_mb)}
     atomic_write_text(timing_path, json.dumps(timing) + "\n")
     return row_of(agent, seed, env_id, json.loads(record_path.read_text()), **timing)
 

@@ -11,11 +11,11 @@ final 100-episode evaluation of the kept weights. Writes a JSON record with the 
 ``--algo qrdqn`` runs sb3-contrib's QR-DQN (Dabney et al., 2018: a distributional DQN, 200 quantiles of the
 return per action, Q their mean) with the same settings, network and protocol.
 
-A run killed or stopped before its end continues when the same command runs again. After each evaluation it
-writes a checkpoint beside ``--out`` (``OUT.checkpoint.zip``: SB3's saved model with its optimizer and step
-count, its replay buffer, the best evaluated weights and the record so far), and deletes it once the record is
-written. The continuation is not the run bit for bit, as ``train.py --resume`` is: SB3 saves neither its random
-generators nor the episode under way, so the run goes on from a fresh episode.
+A run killed or stopped before its end continues when the same command runs again with ``--resume``. After
+each evaluation it writes a checkpoint beside ``--out`` (``OUT.checkpoint.zip``: SB3's saved model with its
+optimizer and step count, its replay buffer, the best evaluated weights and the record so far), and deletes it
+once the record is written. The continuation is not the run bit for bit, as ``train.py --resume`` is: SB3 saves
+neither its random generators nor the episode under way, so the run goes on from a fresh episode.
 
 The Zoo's exploration schedule is kept in environment steps whatever the budget (SB3 states it as a
 fraction of the budget). The Zoo has no MinAtar entry: for ``MinAtar/*`` SB3 gets this project's MinAtar
@@ -129,6 +129,12 @@ def checkpoint_state(path: Path) -> dict | None:
         raise UserError(f"{path}: not a checkpoint of bench.sb3_dqn ({error}): move it away to start anew") from None
 
 
+def run_identity(args: argparse.Namespace, settings: RunSettings) -> dict:
+    """What a checkpoint must share with the command that goes on from it."""
+    return {"env_id": settings.env_id, "seed": settings.seed, "algo": args.algo, "n_steps": args.n_steps,
+            "total_steps": settings.total_steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1", help=f"one of {', '.join(sorted(RL_ZOO))}")
@@ -140,13 +146,12 @@ def main() -> None:
     parser.add_argument("--n-steps", type=int, default=1, help="SB3's own n-step returns (SB3 2.7 and later)")
     parser.add_argument("--algo", choices=["dqn", "qrdqn"], default="dqn", help="SB3's DQN, or sb3-contrib's "
                         "QR-DQN (distributional: quantiles of the return)")
+    parser.add_argument("--resume", action="store_true", help="go on from the checkpoint beside --out, if a run "
+                        "left one (killed or stopped before its end); without it the run starts anew")
     args = parser.parse_args()
     if not (args.env in RL_ZOO or args.env.startswith("MinAtar/")):
         parser.error(f"--env: no RL-Zoo entry for {args.env}")
 
-    import torch
-
-    torch.set_num_threads(1)  # one core, as the two agents share a 2-core machine when benched side by side
     zoo_steps, hyperparameters = zoo_entry(args.env)
     preset = find_preset(args.env)
     run = {**dataclasses.asdict(RunSettings()), **preset.run}
@@ -161,22 +166,30 @@ def main() -> None:
                        hyperparameters["exploration_fraction"] * zoo_steps / settings.total_steps}
     if args.n_steps != 1:
         hyperparameters = {**hyperparameters, "n_steps": args.n_steps}
+    checkpoint = checkpoint_path(args.out)
+    state = checkpoint_state(checkpoint) if args.resume else None
+    if state is not None and state["run"] != run_identity(args, settings):
+        raise UserError(f"{checkpoint}: the checkpoint of another run ({state['run']}): move it away to run this one")
+
+    import torch
+
+    torch.set_num_threads(1)  # one core, as the two agents share a 2-core machine when benched side by side
     env, eval_envs = make_env(settings.env_id), evaluation_envs(settings, settings.final_eval_episodes)
     try:
-        train_and_record(args, settings, hyperparameters, env, eval_envs)
+        train_and_record(args, settings, hyperparameters, env, eval_envs, state)
     finally:
         for each in (env, *eval_envs):
             each.close()
 
 
 def train_and_record(args: argparse.Namespace, settings: RunSettings, hyperparameters: dict, env: gym.Env,
-                     eval_envs: list[gym.Env]) -> None:
-    """Train SB3's agent under the protocol, going on from the checkpoint beside ``args.out`` if there is one,
-    and write its record to ``args.out``.
+                     eval_envs: list[gym.Env], state: dict | None) -> None:
+    """Train SB3's agent under the protocol, anew or from its checkpoint, and write its record to ``args.out``.
 
     :param hyperparameters: the agent's arguments (the RL-Zoo's, its exploration in env steps).
     :param env: the environment it learns on; `eval_envs`, the ones its evaluations play on.
-    :raises UserError: if the checkpoint beside ``args.out`` is another run's.
+    :param state: the state of this run's checkpoint beside ``args.out`` (`checkpoint_state`) to go on from it,
+        or None to start anew.
     """
     import torch
     from stable_baselines3 import DQN
@@ -190,11 +203,6 @@ def train_and_record(args: argparse.Namespace, settings: RunSettings, hyperparam
     else:
         Algorithm = DQN
     checkpoint = checkpoint_path(args.out)
-    run_id = {"env_id": settings.env_id, "seed": settings.seed, "algo": args.algo, "n_steps": args.n_steps,
-              "total_steps": settings.total_steps}
-    state = checkpoint_state(checkpoint)
-    if state is not None and state["run"] != run_id:
-        raise UserError(f"{checkpoint}: the checkpoint of another run ({state['run']}): move it away to run this one")
     agent_name = "sb3-contrib QR-DQN" if args.algo == "qrdqn" else "stable-baselines3 DQN"
     record = {"env_id": settings.env_id, "seed": settings.seed, "agent": f"{agent_name} (RL-Zoo)",
               "hyperparameters": hyperparameters, "run": dataclasses.asdict(settings) | {"out": None},
@@ -225,8 +233,8 @@ def train_and_record(args: argparse.Namespace, settings: RunSettings, hyperparam
         model.save_replay_buffer(buffer_file)
         torch.save(best_policy["state"], best_file)
         progress = {key: record[key] for key in ("evaluations", "eval_seconds", "best_eval")}
-        write_checkpoint(checkpoint, {"run": run_id, "steps": int(model.num_timesteps), "seconds": seconds(),
-                                      "progress": progress},
+        write_checkpoint(checkpoint, {"run": run_identity(args, settings), "steps": int(model.num_timesteps),
+                                      "seconds": seconds(), "progress": progress},
                          {"model.zip": model_file.getvalue(), "replay_buffer.pkl": buffer_file.getvalue(),
                           "best_policy.pt": best_file.getvalue()})
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_program
+from conftest import ROOT, assert_one_line_error, run_program
 from test_train_cli import QUICK
 
 
@@ -73,7 +73,7 @@ def test_a_stopped_learning_bench_goes_on_where_it_was_with_resume(tmp_path):
     assert [(row["seed"], row["steps"]) for row in rows] == [(3, 600), (4, 600)]
     # seed 3 went on from its checkpoint at step 300: its first evaluation is the killed run's own
     assert [e["step"] for e in rows[0]["evaluations"]] == [300, 600]
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stderr.count("finished before, record kept") == 2, again.stderr
     assert json.loads((tmp_path / "learning-n.2.json").read_text())["rows"] == rows
     # a resumed bench of fewer seeds keeps the summary's rows of the others (as SB3's rows join ours later)
@@ -218,6 +218,18 @@ def test_an_sb3_checkpoints_state_is_read_alone_and_a_file_that_is_not_one_is_on
         checkpoint_state(path)
 
 
+def test_resuming_an_sb3_run_from_another_runs_checkpoint_is_one_line_and_exit_2(tmp_path):
+    from bench.sb3_dqn import checkpoint_path, write_checkpoint
+
+    out = tmp_path / "sb3.json"
+    write_checkpoint(checkpoint_path(out), {"run": {"env_id": "CartPole-v1", "seed": 4, "algo": "dqn", "n_steps": 1,
+                                                    "total_steps": 50_000}}, {})
+    resumed = subprocess.run([sys.executable, "-m", "bench.sb3_dqn", "--env", "CartPole-v1", "--seed", "3", "--out",
+                              str(out), "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(resumed, "checkpoint of another run", "'seed': 4")
+    assert resumed.returncode == 2 and checkpoint_path(out).is_file() and not out.exists()
+
+
 def test_a_qr_dqn_cell_killed_after_its_checkpoint_is_timed_with_the_checkpoints_seconds(tmp_path, monkeypatch):
     import bench.ablation
     from bench.sb3_dqn import checkpoint_path, write_checkpoint
@@ -255,7 +267,7 @@ def test_an_sb3_run_killed_after_its_checkpoint_goes_on_to_a_whole_record(tmp_pa
         time.sleep(0.05)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) != 0 and not out.exists()  # stopped after the evaluation at 2,500 steps
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     record = json.loads(out.read_text())
     assert [evaluation["step"] for evaluation in record["evaluations"]] == [2_500, 5_000, 7_500, 10_000]
@@ -296,7 +308,7 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
     assert sorted(t.params["cell"] for t in study.trials if t.state.name == "COMPLETE") == [
         "MinAtar/Breakout-v1|DQN|0", "MinAtar/Breakout-v1|Rainbow|0"]
     # run again: every cell is done, no trial is even started, the report is the same
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'ablation.db'}").trials
     assert len(after) == len(study.trials)
