@@ -111,34 +111,35 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
 STOPPED_EARLY = ("interrupted", "write failed")
 
 
-def unfinished_run_step(stem: Path) -> int | None:
-    """The step of the last checkpoint of the run at `stem` if that run stopped before its end: without its final
-    record (``STEM.json``), as a killed run does, or with a record that says it was stopped (Ctrl-C, SIGTERM, a
-    failed write: `STOPPED_EARLY`); None if there is no such checkpoint.
+def unfinished_run(stem: Path) -> dict[str, Any] | None:
+    """The training's progress at the last checkpoint of the run at `stem` (its ``steps``, its ``seconds``...) if
+    that run stopped before its end: without its final record (``STEM.json``), as a killed run does, or with a
+    record that says it was stopped (Ctrl-C, SIGTERM, a failed write: `STOPPED_EARLY`); None if there is no such
+    checkpoint.
     """
     path = checkpoint_path(stem)
     if not path.is_file():
         return None
     try:
-        state = read_checkpoint_state(path)
+        progress = read_checkpoint_state(path)["result"]
         record_path = stem_file(stem, ".json")
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     except (UserError, ValueError, OSError):
         return None
-    checkpoint_run, checkpoint_step = state["result"]["run_id"], state["result"]["steps"]
-    if (record.get("run_id") == checkpoint_run and record.get("steps", 0) >= checkpoint_step
+    if (record.get("run_id") == progress["run_id"] and record.get("steps", 0) >= progress["steps"]
             and record.get("stop_reason") not in STOPPED_EARLY):
         return None
-    return checkpoint_step
+    return progress
 
 
 def unfinished_run_note(stem: Path) -> str | None:
     """What a command says of a run at `stem` that stopped before its end, with the command that continues it;
     None if there is no such run."""
-    step = unfinished_run_step(stem)
-    if step is None:
+    progress = unfinished_run(stem)
+    if progress is None:
         return None
-    return (f"the run at {stem} stopped before its end (killed or interrupted), after its checkpoint at step {step}; "
+    return (f"the run at {stem} stopped before its end (killed or interrupted), after its checkpoint at step "
+            f"{progress['steps']}; "
             "continue it with: "
             f"python train.py --resume {shlex.quote(str(stem))}")
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.grid import finished_results, interval, open_grid, timed_cell, train_cell, work
-from bench.sb3_dqn import checkpoint_path, checkpoint_state
+from bench.sb3_dqn import checkpoint_seconds
 from bench.timed import machine
 from common import UserError, atomic_write, atomic_write_text, figure_bytes, run_cli, seed_argument, stem_file
 from presets import find_preset
@@ -93,11 +93,10 @@ def run_cell(cell: str, args: argparse.Namespace, train: bool = True) -> dict:
     name = "-".join([variant.replace(" - ", "-no-").replace(" ", "-"), game.replace("/", "-"), seed]).lower()
     if variant == QR_DQN:
         stem = args.out / "runs" / name.replace("(", "").replace(")", "")
-        checkpoint = checkpoint_state(checkpoint_path(stem_file(stem, ".json")))
         record, timing = timed_cell(stem, ["-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn",
                                            "--total-steps", str(args.total_steps), "--out", f"{stem}.json", "--resume"],
                                     args.total_steps, train=train,
-                                    earlier_seconds=0.0 if checkpoint is None else checkpoint["seconds"])
+                                    earlier_seconds=checkpoint_seconds(stem_file(stem, ".json")))
     else:
         record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
                                                                *args.train_flags], args.total_steps, train)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.timed import run_timed
-from checkpoints import checkpoint_path, read_checkpoint_state, unfinished_run_step
+from checkpoints import unfinished_run
 from common import atomic_write_text, stem_file
 from tune import open_study
 
@@ -106,10 +106,9 @@ def train_cell(stem: Path, train_args: list[str], total_steps: int, train: bool 
     :raises FileNotFoundError: if `train` is False and the cell has no finished run of `total_steps` to keep.
     """
     common = ["--total-steps", str(total_steps), "--no-progress"]
-    if unfinished_run_step(stem) is not None:  # its worker died or was stopped: the run goes on from its checkpoint
-        earlier = read_checkpoint_state(checkpoint_path(stem))["result"]["seconds"]
+    if (progress := unfinished_run(stem)) is not None:  # its worker died or was stopped: it goes on from its checkpoint
         return timed_cell(stem, ["train.py", "--resume", str(stem), *common], total_steps, finished=False,
-                          train=train, earlier_seconds=earlier)
+                          train=train, earlier_seconds=progress["seconds"])
     return timed_cell(stem, ["train.py", "--out", str(stem), "--checkpoint-buffer", *common, *train_args], total_steps,
                       train=train)
 

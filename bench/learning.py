@@ -36,10 +36,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.sb3_dqn import RL_ZOO, checkpoint_state
-from bench.sb3_dqn import checkpoint_path as sb3_checkpoint_path
+from bench.sb3_dqn import RL_ZOO, checkpoint_seconds
 from bench.timed import machine, run_timed
-from checkpoints import checkpoint_path, read_checkpoint_state, unfinished_run_step
+from checkpoints import unfinished_run
 from common import (
     atomic_write,
     atomic_write_text,
@@ -67,21 +66,20 @@ def run_seed(agent: str, env_id: str, seed: int, runs: Path, extra: list[str], s
     record_path, timing_path = stem_file(stem, ".json"), stem_file(stem, ".timed.json")
     budget = [] if total_steps is None else ["--total-steps", str(total_steps)]
     if resume and record_path.is_file() and timing_path.is_file() and (
-            agent != "dqn" or unfinished_run_step(stem) is None):
+            agent != "dqn" or unfinished_run(stem) is None):
         timing = json.loads(timing_path.read_text())
         print(f"{name}: finished before, record kept", file=sys.stderr, flush=True)
         return row_of(agent, seed, env_id, json.loads(record_path.read_text()), **timing)
     earlier_seconds = 0.0  # a continued run's seconds up to its checkpoint
     if agent == "dqn":
         again = []
-        if resume and unfinished_run_step(stem) is not None:
-            again = ["--resume", str(stem)]
-            earlier_seconds = read_checkpoint_state(checkpoint_path(stem))["result"]["seconds"]
+        if resume and (progress := unfinished_run(stem)) is not None:
+            again, earlier_seconds = ["--resume", str(stem)], progress["seconds"]
         timed = run_timed("train.py", "--env", env_id, "--seed", str(seed), "--out", str(stem), "--no-progress",
                           *budget, *extra, *again)
     else:
-        if resume and (checkpoint := checkpoint_state(sb3_checkpoint_path(record_path))) is not None:
-            earlier_seconds = checkpoint["seconds"]
+        if resume:
+            earlier_seconds = checkpoint_seconds(record_path)
         timed = run_timed("-m", "bench.sb3_dqn", "--env", env_id, "--seed", str(seed), "--budget", sb3_budget,
                           "--out", str(record_path), "--n-steps", str(sb3_n_steps), *budget,
                           *(["--resume"] if resume else []))

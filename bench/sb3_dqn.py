@@ -129,6 +129,13 @@ def checkpoint_state(path: Path) -> dict | None:
         raise UserError(f"{path}: not a checkpoint of bench.sb3_dqn ({error}): move it away to start anew") from None
 
 
+def checkpoint_seconds(out: Path) -> float:
+    """The seconds a run whose record is `out` had trained up to its checkpoint (0 without one): what a timing of
+    the command that continues it adds."""
+    state = checkpoint_state(checkpoint_path(out))
+    return 0.0 if state is None else state["seconds"]
+
+
 def run_identity(args: argparse.Namespace, settings: RunSettings) -> dict:
     """What a checkpoint must share with the command that goes on from it."""
     return {"env_id": settings.env_id, "seed": settings.seed, "algo": args.algo, "n_steps": args.n_steps,

@@ -73,7 +73,7 @@ def test_a_stopped_learning_bench_goes_on_where_it_was_with_resume(tmp_path):
     assert [(row["seed"], row["steps"]) for row in rows] == [(3, 600), (4, 600)]
     # seed 3 went on from its checkpoint at step 300: its first evaluation is the killed run's own
     assert [e["step"] for e in rows[0]["evaluations"]] == [300, 600]
-    again = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stderr.count("finished before, record kept") == 2, again.stderr
     assert json.loads((tmp_path / "learning-n.2.json").read_text())["rows"] == rows
     # a resumed bench of fewer seeds keeps the summary's rows of the others (as SB3's rows join ours later)
@@ -308,7 +308,7 @@ def test_the_ablation_grid_is_handed_out_by_an_optuna_study_and_goes_on_where_it
     assert sorted(t.params["cell"] for t in study.trials if t.state.name == "COMPLETE") == [
         "MinAtar/Breakout-v1|DQN|0", "MinAtar/Breakout-v1|Rainbow|0"]
     # run again: every cell is done, no trial is even started, the report is the same
-    again = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'ablation.db'}").trials
     assert len(after) == len(study.trials)

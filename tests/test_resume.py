@@ -20,7 +20,7 @@ from test_train_cli import QUICK, quick_settings
 
 import train
 from agent_files import load_agent, read_description
-from checkpoints import checkpoint_path, read_checkpoint_state, restore_checkpoint, unfinished_run_step
+from checkpoints import checkpoint_path, read_checkpoint_state, restore_checkpoint, unfinished_run
 from common import import_agent_class
 
 # QUICK's run, on 1,200 steps with an evaluation every 300
@@ -126,13 +126,13 @@ def test_resume_accepts_the_runs_own_flags_and_refuses_other_values_naming_both(
 def test_an_unfinished_run_is_reported_with_the_command_that_continues_it(tmp_path):
     settings, config = quick_settings(tmp_path, total_steps=300, eval_interval=300)
     result = train.run_training(train.build_agent(settings, config), settings, progress=False)
-    assert unfinished_run_step(settings.out) == 300
+    assert unfinished_run(settings.out)["steps"] == 300
     record = {"run_id": result.run_id, "steps": 300}
     settings.out.with_name("run.json").write_text(json.dumps(record))
-    assert unfinished_run_step(settings.out) is None
+    assert unfinished_run(settings.out) is None
     for stopped in ("interrupted", "write failed"):  # stopped with a record: the checkpoint continues it
         settings.out.with_name("run.json").write_text(json.dumps({**record, "steps": 340, "stop_reason": stopped}))
-        assert unfinished_run_step(settings.out) == 300
+        assert unfinished_run(settings.out)["steps"] == 300
 
 
 def kill_during_save(stem, suffix: str, nth: int, hidden: str) -> subprocess.CompletedProcess:
