@@ -96,7 +96,7 @@ def run_cell(cell: str, args: argparse.Namespace, train: bool = True) -> dict:
         record, timing = timed_cell(stem, ["-m", "bench.sb3_dqn", "--env", game, "--seed", seed, "--algo", "qrdqn",
                                            "--total-steps", str(args.total_steps), "--out", f"{stem}.json", "--resume"],
                                     args.total_steps, train=train,
-                                    earlier_seconds=checkpoint_seconds(stem_file(stem, ".json")))
+                                    earlier_seconds=checkpoint_seconds(stem_file(stem, ".json")) if train else 0.0)
     else:
         record, timing = train_cell(args.out / "runs" / name, ["--env", game, "--seed", seed, *variants()[variant],
                                                                *args.train_flags], args.total_steps, train)

@@ -143,7 +143,9 @@ def report(rows: list[dict], games: list[str]) -> dict:
                            for game in scored]).T
         results["aggregate"] = {"games": scored, "runs_per_game": seeds, **aggregates(scores)}
         ours = results["aggregate"]
-        print(f"\nhuman-normalised over {len(scored)} games ({', '.join(scored)}), {seeds} runs each:")
+        counts = ", ".join(f"{row['game']} {row['seeds']}" for row in results["games"] if row["game"] in scored)
+        print(f"\nhuman-normalised over {len(scored)} games ({', '.join(scored)}), each game's first {seeds} "
+              f"run(s), as many as the game with the fewest has (finished: {counts}):")
         print(f"| agent | mean | median | IQM | IQM 95% interval |\n|---|---|---|---|---|\n"
               f"| ours | {ours['mean']:.3f} | {ours['median']:.3f} | {ours['iqm']:.3f} | "
               f"[{ours['iqm_low']:.3f}, {ours['iqm_high']:.3f}] |")

@@ -183,20 +183,20 @@ def main() -> None:
     torch.set_num_threads(1)  # one core, as the two agents share a 2-core machine when benched side by side
     env, eval_envs = make_env(settings.env_id), evaluation_envs(settings, settings.final_eval_episodes)
     try:
-        train_and_record(args, settings, hyperparameters, env, eval_envs, state)
+        train_and_record(args, settings, hyperparameters, env, eval_envs, checkpoint, state)
     finally:
         for each in (env, *eval_envs):
             each.close()
 
 
 def train_and_record(args: argparse.Namespace, settings: RunSettings, hyperparameters: dict, env: gym.Env,
-                     eval_envs: list[gym.Env], state: dict | None) -> None:
+                     eval_envs: list[gym.Env], checkpoint: Path, state: dict | None) -> None:
     """Train SB3's agent under the protocol, anew or from its checkpoint, and write its record to ``args.out``.
 
     :param hyperparameters: the agent's arguments (the RL-Zoo's, its exploration in env steps).
     :param env: the environment it learns on; `eval_envs`, the ones its evaluations play on.
-    :param state: the state of this run's checkpoint beside ``args.out`` (`checkpoint_state`) to go on from it,
-        or None to start anew.
+    :param checkpoint: where this run's checkpoint is written (`checkpoint_path`), and read when `state` is given.
+    :param state: that checkpoint's state (`checkpoint_state`) to go on from it, or None to start anew.
     """
     import torch
     from stable_baselines3 import DQN
@@ -209,7 +209,6 @@ def train_and_record(args: argparse.Namespace, settings: RunSettings, hyperparam
         from sb3_contrib import QRDQN as Algorithm
     else:
         Algorithm = DQN
-    checkpoint = checkpoint_path(args.out)
     agent_name = "sb3-contrib QR-DQN" if args.algo == "qrdqn" else "stable-baselines3 DQN"
     record = {"env_id": settings.env_id, "seed": settings.seed, "agent": f"{agent_name} (RL-Zoo)",
               "hyperparameters": hyperparameters, "run": dataclasses.asdict(settings) | {"out": None},
