@@ -51,14 +51,21 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
     """
     import optuna
 
-    claiming = threading.Lock()
+    taking = threading.Lock()  # this process's workers take a trial, then claim its cell, one at a time
+    ask = study.ask
+
+    def ask_alone() -> optuna.Trial:
+        with taking:  # on SQLite, two workers asking at once can both be handed one waiting trial (optuna#4002)
+            return ask()
+
+    study.ask = ask_alone
 
     def objective(trial: optuna.Trial) -> float:
-        with claiming:  # this process's workers take a cell one at a time
+        with taking:
             cell = trial.suggest_categorical("cell", cells)
             if cell_taken(study, trial, cell):  # the grid's last cells are handed to every worker that asks
                 raise optuna.TrialPruned(f"{cell} is taken")
-            trial.set_user_attr("claimed", True)
+            trial.set_user_attr("claimed", trial.number)  # a retried trial copies its attributes, not this claim
         try:
             result = run_cell(cell)
         except KeyboardInterrupt:  # stopped, not failed: the cell goes back in the grid, to go on from its checkpoint
@@ -74,8 +81,13 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
 
     for trial in stopped_or_failed(study, cells):  # tried again, as a cell whose worker died is
         put_back(study, trial)
-    if unfinished_cells(study, cells):
+    left = unfinished_cells(study, cells)
+    while left:
         study.optimize(objective, n_jobs=jobs, catch=(RuntimeError,))
+        # the grid stops the study once it has handed out every cell, but a cell whose worker died (Optuna puts
+        # it back as it finds the worker's heartbeat stopped) may still be waiting
+        waiting = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.WAITING])
+        left = unfinished_cells(study, cells) and waiting
     unfinished = unfinished_cells(study, cells)
     errors = {trial.params["cell"]: trial.user_attrs["error"] for trial in study.get_trials(deepcopy=False)
               if "error" in trial.user_attrs and trial.params.get("cell") in unfinished}  # each cell's latest
@@ -85,13 +97,17 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
 def cell_taken(study: optuna.Study, trial: optuna.Trial, cell: str) -> bool:
     """Whether another trial has `cell`: one that finished it, or one running it that claimed it (passed this check)
     or was created before `trial`. Of two workers handed the same cell at once, the one that claims it first keeps
-    it, and of two that check before either claims, the older: so exactly one of them runs it."""
+    it, and of two that check before either claims, the older: so exactly one of them runs it. A claim names the
+    trial that made it: Optuna's retry of a dead worker's trial copies its attributes, and the copy has not
+    claimed the cell (else the copy and the next worker handed the cell would each yield to the other)."""
     import optuna
 
     running, complete = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
-    return any(other.params.get("cell") == cell and other.number != trial.number
-               and (other.state == complete or (other.state == running and (other.number < trial.number
-                                                                            or other.user_attrs.get("claimed"))))
+    def holds(other: optuna.trial.FrozenTrial) -> bool:
+        claimed = other.user_attrs.get("claimed") == other.number
+        return other.state == complete or (other.state == running and (other.number < trial.number or claimed))
+
+    return any(other.params.get("cell") == cell and other.number != trial.number and holds(other)
                for other in study.get_trials(deepcopy=False))
 
 

@@ -110,7 +110,7 @@ def test_of_two_workers_handed_the_same_last_cell_at_once_exactly_one_runs_it(tm
     older, newer = again.ask(), again.ask()
     newer.suggest_categorical("cell", cells)
     assert not cell_taken(again, newer, cells[0])
-    newer.set_user_attr("claimed", True)
+    newer.set_user_attr("claimed", newer.number)
     older.suggest_categorical("cell", cells)
     assert cell_taken(again, older, cells[0])
     ran: list[str] = []
@@ -379,3 +379,48 @@ def test_a_bench_stopped_on_its_own_stops_the_run_it_waits_for_and_leaves_none_b
     assert bench.returncode == 130 and "interrupted" in stderr, stderr
     assert stopped.read_text() == "stopped"  # the run was told, and could save what it had
     assert not os.path.exists(f"/proc/{child}")  # and it was waited for: nothing left running
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_the_cells_of_workers_that_died_are_run_by_the_next_command(tmp_path, monkeypatch):
+    import tune
+    from bench.grid import open_grid, work
+
+    monkeypatch.setattr(tune, "STALE_SECONDS", 1)
+    cells = ["Pong|drq|2", "Boxing|drq|2"]
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    dead = open_grid(storage, "test", cells)
+    for _ in cells:  # two workers took a cell each and claimed it, then were killed (no Ctrl-C, no SIGTERM)
+        trial = dead.ask()
+        trial.suggest_categorical("cell", cells)
+        trial.set_user_attr("claimed", trial.number)
+        dead._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)  # SQLite's clock counts whole seconds
+    ran: list[str] = []
+    assert work(open_grid(storage, "test", cells), cells, lambda cell: ran.append(cell) or {"final": 0.0}, 2) == []
+    assert sorted(ran) == sorted(cells)
+
+
+def test_two_workers_asking_at_once_are_not_handed_the_same_waiting_cell(tmp_path, monkeypatch):
+    import optuna
+    from optuna.storages._rdb import models
+
+    from bench.grid import open_grid, put_back, work
+
+    cells = ["a|x|0", "b|x|0"]
+    study = open_grid(f"sqlite:///{tmp_path / 'grid.db'}", "test", cells)
+    stopped = study.ask()
+    stopped.suggest_categorical("cell", cells)
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    put_back(study, study.trials[stopped.number])  # a waiting trial, which Optuna hands to the next worker that asks
+    find = models.TrialModel.find_or_raise_by_id
+
+    def slowly(*args, **kwargs) -> models.TrialModel:  # SQLite has no row lock: the second reads before the first
+        trial = find(*args, **kwargs)  # has written that the trial runs (Optuna reads, then writes, its state)
+        time.sleep(0.3)
+        return trial
+
+    monkeypatch.setattr(models.TrialModel, "find_or_raise_by_id", slowly)
+    ran: list[str] = []
+    assert work(study, cells, lambda cell: ran.append(cell) or time.sleep(1) or {"final": 0.0}, jobs=2) == []
+    assert sorted(ran) == cells
