@@ -401,6 +401,7 @@ def test_the_cells_of_workers_that_died_are_run_by_the_next_command(tmp_path, mo
     assert sorted(ran) == sorted(cells)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_two_workers_asking_at_once_are_not_handed_the_same_waiting_cell(tmp_path, monkeypatch):
     import optuna
     from optuna.storages._rdb import models
