@@ -55,7 +55,10 @@ def work(study: optuna.Study, cells: list[str], run_cell: Callable[[str], dict],
     ask = study.ask
 
     def ask_alone() -> optuna.Trial:
-        with taking:  # on SQLite, two workers asking at once can both be handed one waiting trial (optuna#4002)
+        # on SQLite, which has no row lock, two workers asking at once can both be handed one waiting trial
+        # (optuna#4002); PostgreSQL locks the row. Two processes on one SQLite file still can: then the second
+        # run is refused by train.py's lock on its output
+        with taking:
             return ask()
 
     study.ask = ask_alone
