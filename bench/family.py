@@ -2,6 +2,7 @@
 
     python -m bench.family                                  # CartPole-v1 and MinAtar/Breakout-v1
     python -m bench.family --envs CartPole-v1 --repeats 3
+    python -m bench.family --envs MinAtar/Seaquest-v1 --only-rainbow   # DQN and Rainbow only
 
 Each run is the real ``train.py`` with the environment's preset and one variant's flags (DQN, n-step returns,
 the dueling head, prioritized replay, all three, noisy networks, C51, Rainbow), each timed, for
@@ -9,6 +10,10 @@ a fixed number of steps with no early stop and one evaluation episode at the end
 ``learning_starts`` so that its update schedule runs. Variants are interleaved, so that a change in the
 machine's load hits them alike; steps/s excludes the evaluation. Prints each variant's median steps/s and its
 ratio to DQN's; writes ``family.json`` into ``--out``.
+
+Runs go one at a time, because a run's speed depends on what shares the machine with it: on these two cores a
+Rainbow run slows another Rainbow run beside it far more than a DQN run does, so a grid that runs two cells at a
+time (``bench.ablation``) times each variant beside different neighbours. This bench compares them alike.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from bench.timed import machine, run_timed
 from common import atomic_write_text, run_cli, stem_file
 
+RAINBOW = "Rainbow (--agent rainbow)"
 VARIANTS = {
     "DQN": ["--n-step", "1"],  # the CartPole-v1 preset's own n-step returns off
     "n-step (3)": ["--n-step", "3"],
@@ -31,26 +37,29 @@ VARIANTS = {
     "all three": ["--n-step", "3", "--dueling", "--prioritized-replay"],
     "noisy networks": ["--n-step", "1", "--noisy-nets"],
     "C51": ["--n-step", "1", "--distributional"],
-    "Rainbow (--agent rainbow)": ["--agent", "rainbow"],
+    RAINBOW: ["--agent", "rainbow"],
 }
 # steps per run, and learning_starts where the preset's would leave too little of the run
 BUDGETS = {"CartPole-v1": ["--total-steps", "20000"],
-           "MinAtar/Breakout-v1": ["--total-steps", "15000", "--learning-starts", "5000"]}
+           **{f"MinAtar/{game}-v1": ["--total-steps", "30000", "--learning-starts", "5000"]
+              for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "MinAtar/Breakout-v1"], choices=list(BUDGETS))
+    parser.add_argument("--only-rainbow", action="store_true", help="run DQN and Rainbow only, not each extension")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each variant (the median is shown)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
+    variants = {name: VARIANTS[name] for name in ("DQN", RAINBOW)} if args.only_rainbow else VARIANTS
     rates: dict[tuple[str, str], list[float]] = {}
     for env_id in args.envs:
         for _ in range(args.repeats):
-            for variant, flags in VARIANTS.items():
+            for variant, flags in variants.items():
                 stem = runs / f"family-{env_id.replace('/', '-')}"
                 steps = BUDGETS[env_id][1]
                 timed = run_timed("train.py", "--env", env_id, *BUDGETS[env_id], "--no-early-stop",
@@ -66,7 +75,7 @@ def main() -> None:
     print("| environment | variant | env steps/s (median) | of DQN's |\n|---|---|---|---|")
     for env_id in args.envs:
         baseline = statistics.median(rates[(env_id, "DQN")])
-        for variant in VARIANTS:
+        for variant in variants:
             rate = statistics.median(rates[(env_id, variant)])
             rows.append({"env_id": env_id, "variant": variant, "steps_per_second": round(rate),
                          "runs": [round(r) for r in rates[(env_id, variant)]], "of_dqn": round(rate / baseline, 2)})
