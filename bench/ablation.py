@@ -23,7 +23,9 @@ The report: each game and variant's mean final score over its seeds with a 95% b
 env steps/s and largest peak memory, Rainbow's median env steps/s as a fraction of DQN's on each game, and across
 games the interquartile mean (IQM) of the scores normalised by DQN's mean on each game, with its stratified
 bootstrap interval (both by `rliable`, Agarwal et al., 2021); written as ``ablation.json`` and ``ablation.png``
-into ``--out``.
+into ``--out``. The env steps/s are of runs made two at a time, each beside whatever cell held the other core, and
+a Rainbow run slows a Rainbow run beside it more than a DQN run does: ``python -m bench.family --only-rainbow``
+times the two agents alike, one run at a time.
 """
 
 from __future__ import annotations
