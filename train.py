@@ -238,6 +238,8 @@ def run_training(agent: DeepQLearning, settings: RunSettings, progress: bool = T
             if step % settings.eval_interval == 0 or step == settings.total_steps:
                 eval_start = time.perf_counter()
                 evaluation = evaluate_checkpoint(evaluation_policy(agent, settings), eval_envs, settings, step)
+                # when it came: the run's seconds so far without its evaluations (score against time; steps/s)
+                evaluation["training_seconds"] = round(eval_start - start - result.eval_seconds, 3)
                 result.eval_seconds += time.perf_counter() - eval_start
                 result.evaluations.append(evaluation)
                 last_eval_shown = f"{evaluation['mean']:.0f}"

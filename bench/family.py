@@ -6,10 +6,14 @@
 
 Each run is the real ``train.py`` with the environment's preset and one variant's flags (DQN, n-step returns,
 the dueling head, prioritized replay, all three, noisy networks, C51, Rainbow), each timed, for
-a fixed number of steps with no early stop and one evaluation episode at the end, past the preset's
-``learning_starts`` so that its update schedule runs. Variants are interleaved, so that a change in the
-machine's load hits them alike; steps/s excludes the evaluation. Prints each variant's median steps/s and its
-ratio to DQN's; writes ``family.json`` into ``--out``.
+a fixed number of steps with no early stop, past the preset's ``learning_starts`` so that its update schedule
+runs, with a one-episode evaluation every `EVAL_INTERVAL` steps. Variants are interleaved, so that a change in
+the machine's load hits them alike; steps/s excludes the evaluations. Prints each variant's median steps/s and
+its ratio to DQN's, two ways: over the whole run, and from the first evaluation on (each evaluation records the
+run's training seconds before it). The second leaves out the start, where the agent acts without learning and
+the first training phase compiles (XLA: about 2 s for DQN's update and 8 s for Rainbow's on MinAtar), which a
+short run's rate pays for many times over a long run's; it is the rate a long run settles at. Writes
+``family.json`` into ``--out``.
 
 Runs go one at a time, because a run's speed depends on what shares the machine with it: on these two cores a
 Rainbow run slows another Rainbow run beside it far more than a DQN run does, so a grid that runs two cells at a
@@ -43,6 +47,8 @@ VARIANTS = {
 BUDGETS = {"CartPole-v1": ["--total-steps", "20000"],
            **{f"MinAtar/{game}-v1": ["--total-steps", "30000", "--learning-starts", "5000"]
               for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")}}
+# steps between two evaluations: the first comes after learning has started and the update is compiled
+EVAL_INTERVAL = {"CartPole-v1": 5_000, **{env_id: 10_000 for env_id in BUDGETS if env_id.startswith("MinAtar/")}}
 
 
 def main() -> None:
@@ -56,32 +62,45 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
     variants = {name: VARIANTS[name] for name in ("DQN", RAINBOW)} if args.only_rainbow else VARIANTS
-    rates: dict[tuple[str, str], list[float]] = {}
+    rates: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for env_id in args.envs:
         for _ in range(args.repeats):
             for variant, flags in variants.items():
                 stem = runs / f"family-{env_id.replace('/', '-')}"
-                steps = BUDGETS[env_id][1]
                 timed = run_timed("train.py", "--env", env_id, *BUDGETS[env_id], "--no-early-stop",
-                                  "--eval-interval", steps, "--eval-episodes", "1", "--final-eval-episodes", "1",
-                                  "--no-progress", "--no-tensorboard", "--out", str(stem), *flags)
+                                  "--eval-interval", str(EVAL_INTERVAL[env_id]), "--eval-episodes", "1",
+                                  "--final-eval-episodes", "1", "--no-progress", "--no-tensorboard", "--out", str(stem),
+                                  *flags)
                 if timed.returncode != 0:
                     sys.exit(f"bench: train.py {variant} on {env_id} failed:\n{timed.stderr[-2000:]}")
                 record = json.loads(stem_file(stem, ".json").read_text())
-                rate = record["steps"] / (record["seconds"] - record["eval_seconds"])
+                rate = record["steps"] / (record["seconds"] - record["eval_seconds"]), steady_rate(record)
                 rates.setdefault((env_id, variant), []).append(rate)
-                print(f"{env_id} {variant}: {rate:.0f} steps/s", file=sys.stderr, flush=True)
+                print(f"{env_id} {variant}: {rate[0]:.0f} steps/s, {rate[1]:.0f} from the first evaluation on",
+                      file=sys.stderr, flush=True)
     rows = []
-    print("| environment | variant | env steps/s (median) | of DQN's |\n|---|---|---|---|")
+    print("| environment | variant | env steps/s, whole run (median) | of DQN's | from the first evaluation on "
+          "| of DQN's |\n|---|---|---|---|---|---|")
     for env_id in args.envs:
-        baseline = statistics.median(rates[(env_id, "DQN")])
+        baseline = [statistics.median(values) for values in zip(*rates[(env_id, "DQN")], strict=True)]
         for variant in variants:
-            rate = statistics.median(rates[(env_id, variant)])
+            whole, steady = zip(*rates[(env_id, variant)], strict=True)
+            rate, steady_median = statistics.median(whole), statistics.median(steady)
             rows.append({"env_id": env_id, "variant": variant, "steps_per_second": round(rate),
-                         "runs": [round(r) for r in rates[(env_id, variant)]], "of_dqn": round(rate / baseline, 2)})
-            print(f"| {env_id} | {variant} | {rate:.0f} | {rate / baseline:.0%} |")
+                         "runs": [round(r) for r in whole], "of_dqn": round(rate / baseline[0], 2),
+                         "steady_from_step": EVAL_INTERVAL[env_id], "steady_steps_per_second": round(steady_median),
+                         "steady_runs": [round(r) for r in steady],
+                         "steady_of_dqn": round(steady_median / baseline[1], 2)})
+            print(f"| {env_id} | {variant} | {rate:.0f} | {rate / baseline[0]:.0%} | {steady_median:.0f} "
+                  f"| {steady_median / baseline[1]:.0%} |")
     summary = {"machine": machine(), "command": " ".join(["python -m bench.family", *sys.argv[1:]]), "rows": rows}
     atomic_write_text(args.out / "family.json", json.dumps(summary, indent=2) + "\n")
+
+
+def steady_rate(record: dict) -> float:
+    """Env steps/s between a run's first and last evaluations, from the training seconds each one records."""
+    first, last = record["evaluations"][0], record["evaluations"][-1]
+    return (last["step"] - first["step"]) / (last["training_seconds"] - first["training_seconds"])
 
 
 if __name__ == "__main__":
