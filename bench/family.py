@@ -11,8 +11,8 @@ runs, with a one-episode evaluation every `EVAL_INTERVAL` steps. Variants are in
 the machine's load hits them alike; steps/s excludes the evaluations. Prints each variant's median steps/s and
 its ratio to DQN's, two ways: over the whole run, and from the first evaluation on (each evaluation records the
 run's training seconds before it). The second leaves out the start, where the agent acts without learning and
-the first training phase compiles (XLA: about 2 s for DQN's update and 8 s for Rainbow's on MinAtar), which a
-short run's rate pays for many times over a long run's; it is the rate a long run settles at. Writes
+the first training phase compiles (XLA: seconds, several times longer for Rainbow's update than for DQN's),
+which weighs on a short run's rate and hardly on a long run's; it is the rate a long run settles at. Writes
 ``family.json`` into ``--out``.
 
 Runs go one at a time, because a run's speed depends on what shares the machine with it: on these two cores a
